@@ -1,0 +1,287 @@
+"""Train / validation / test loaders for every dataset stacnas knows.
+
+`digits` (scikit-learn's bundled handwritten digits, 8×8) is the built-in offline default. `fashion-mnist` reads
+the standard IDX files (and finds Debian's `dataset-fashion-mnist` by itself), `cifar10`/`cifar100` the python
+batch files (downloaded where a network exists), `imagenet` and `folder` an ImageFolder tree.
+
+The validation split (for bi-level search) is carved from the training set with a seeded permutation; the test
+split is always the dataset's own test set (or, for digits, a fixed held-out 300 images).
+"""
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+from torchvision.transforms import v2
+
+DATASETS = ("digits", "fashion-mnist", "cifar10", "cifar100", "imagenet", "folder")
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+
+_CIFAR = {
+    "cifar10": dict(folder="cifar-10-batches-py", train=[f"data_batch_{i}" for i in range(1, 6)],
+                    test=["test_batch"], label_key="labels", classes=10,
+                    url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+                    md5="c58f30108f718f92721af3b95e74349a",
+                    mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)),
+    "cifar100": dict(folder="cifar-100-python", train=["train"], test=["test"], label_key="fine_labels",
+                     classes=100, url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+                     md5="eb9058c3a382ffc7106e4002c42a8d85",
+                     mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762)),
+}
+_IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+class DataError(ValueError):
+    """A dataset that is missing or malformed; the message says where it looked and how to get the data."""
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    name: str
+    num_classes: int
+    in_channels: int
+    image_size: int
+
+
+class Cutout:
+    """DARTS' cutout: zero one length×length square (clipped at the border) centred uniformly in the image."""
+
+    def __init__(self, length: int):
+        self.length = length
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        h, w = img.shape[-2:]
+        cy, cx = int(torch.randint(h, ())), int(torch.randint(w, ()))
+        y0, y1 = max(0, cy - self.length // 2), min(h, cy + self.length // 2)
+        x0, x1 = max(0, cx - self.length // 2), min(w, cx + self.length // 2)
+        img = img.clone()
+        img[..., y0:y1, x0:x1] = 0
+        return img
+
+
+class TensorImages(Dataset):
+    """Images held in memory as uint8 (N, C, H, W) with int64 labels; the transform runs per sample."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform):
+        self.images, self.labels, self.transform = images, labels, transform
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.transform(self.images[i]), int(self.labels[i])
+
+
+def tensor_transforms(mean, std, size, pad, flip, augment, cutout=0):
+    steps = []
+    if augment:
+        steps.append(v2.RandomCrop(size, padding=pad))
+        if flip:
+            steps.append(v2.RandomHorizontalFlip())
+    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    if augment and cutout > 0:
+        steps.append(Cutout(cutout))
+    return v2.Compose(steps)
+
+
+# ---- readers of the on-disk formats --------------------------------------------------------------------------
+
+def read_idx(path: Path) -> np.ndarray:
+    """An IDX file (MNIST format), gzipped or not."""
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise DataError(f"{path} is not an IDX file of unsigned bytes")
+    ndim = raw[3]
+    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise DataError(f"{path}: header says {dims} but holds {data.size} values")
+    return data.reshape(dims)
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles only plain containers and numpy arrays: the CIFAR batches need nothing else, and a file that
+    asks for any other class is refused instead of run."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def read_cifar_batch(path: Path, label_key: str):
+    try:
+        with open(path, "rb") as f:
+            batch = _ArrayUnpickler(f, encoding="latin1").load()
+        data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = np.asarray(batch[label_key], dtype=np.int64)
+    except (pickle.UnpicklingError, KeyError, ValueError, EOFError, TypeError) as err:
+        raise DataError(f"{path} is not a CIFAR python batch ({err})") from None
+    return data, labels
+
+
+# ---- datasets ----------------------------------------------------------------------------------------------
+
+def _digits(augment, cutout):
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = torch.from_numpy(np.rint(digits.images * (255 / 16)).astype(np.uint8)).unsqueeze(1)
+    labels = torch.from_numpy(digits.target.astype(np.int64))
+    order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))  # a fixed test split
+    test_idx, train_idx = order[:300], order[300:]
+    mean = images[train_idx].float().mean().item() / 255
+    std = images[train_idx].float().std().item() / 255
+    train_tf = tensor_transforms((mean,), (std,), 8, 1, False, augment, cutout)
+    test_tf = tensor_transforms((mean,), (std,), 8, 1, False, False)
+    return (TensorImages(images[train_idx], labels[train_idx], train_tf),
+            TensorImages(images[test_idx], labels[test_idx], test_tf), DataInfo("digits", 10, 1, 8))
+
+
+def _find_idx(root: Path, stem: str) -> Path | None:
+    for name in (stem, stem + ".gz"):
+        if (root / name).is_file():
+            return root / name
+    return None
+
+
+def _fashion_mnist(root, augment, cutout):
+    roots = [Path(root)] if root else [Path("data/fashion-mnist"), DEBIAN_FASHION_MNIST]
+    stems = ["train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"]
+    for r in roots:
+        paths = [_find_idx(r, s) for s in stems]
+        if all(paths):
+            break
+    else:
+        raise DataError(f"fashion-mnist: the IDX files ({', '.join(stems)}, optionally .gz) are not in "
+                        f"{' or '.join(map(str, roots))}; install Debian's package dataset-fashion-mnist or "
+                        "pass --data-root DIR holding them")
+    arrays = [read_idx(p) for p in paths]
+    to_images = lambda a: torch.from_numpy(a.copy()).unsqueeze(1)  # noqa: E731
+    to_labels = lambda a: torch.from_numpy(a.astype(np.int64))  # noqa: E731
+    mean, std = (0.2860,), (0.3530,)
+    return (TensorImages(to_images(arrays[0]), to_labels(arrays[1]),
+                         tensor_transforms(mean, std, 28, 2, True, augment, cutout)),
+            TensorImages(to_images(arrays[2]), to_labels(arrays[3]),
+                         tensor_transforms(mean, std, 28, 2, True, False)),
+            DataInfo("fashion-mnist", 10, 1, 28))
+
+
+def _cifar(name, root, augment, cutout, download):
+    spec = _CIFAR[name]
+    root = Path(root or "data")
+    folder = root / spec["folder"]
+    if not folder.is_dir() and download:
+        from torchvision.datasets.utils import download_and_extract_archive
+
+        download_and_extract_archive(spec["url"], str(root), md5=spec["md5"])
+    missing = [f for f in spec["train"] + spec["test"] if not (folder / f).is_file()]
+    if missing:
+        raise DataError(f"{name}: {folder} lacks {', '.join(missing)}; pass --data-root DIR holding "
+                        f"{spec['folder']}/ (extracted from {spec['url']}) or add --download where a network exists")
+
+    def load(files):
+        parts = [read_cifar_batch(folder / f, spec["label_key"]) for f in files]
+        return (torch.from_numpy(np.concatenate([p[0] for p in parts])),
+                torch.from_numpy(np.concatenate([p[1] for p in parts])))
+
+    mean, std = spec["mean"], spec["std"]
+    return (TensorImages(*load(spec["train"]), tensor_transforms(mean, std, 32, 4, True, augment, cutout)),
+            TensorImages(*load(spec["test"]), tensor_transforms(mean, std, 32, 4, True, False)),
+            DataInfo(name, spec["classes"], 3, 32))
+
+
+def _image_folder(name, root, augment, cutout, image_size):
+    from torchvision.datasets import ImageFolder
+
+    if not root:
+        raise DataError(f"{name}: pass --data-root DIR holding train/ and val/ (or test/) with one folder per class")
+    root = Path(root)
+    test_dir = next((root / d for d in ("val", "test") if (root / d).is_dir()), None)
+    if not (root / "train").is_dir() or test_dir is None:
+        raise DataError(f"{name}: {root} must hold train/ and val/ (or test/), one sub-folder per class")
+    size = image_size or (224 if name == "imagenet" else 32)
+    base = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(_IMAGENET_MEAN, _IMAGENET_STD)]
+    if not augment:
+        train_steps = [v2.Resize(int(size * 8 / 7)), v2.CenterCrop(size)]
+    elif name == "imagenet":  # DARTS' ImageNet augmentation
+        train_steps = [v2.RandomResizedCrop(size), v2.RandomHorizontalFlip(), v2.ColorJitter(0.4, 0.4, 0.4, 0.2)]
+    else:
+        train_steps = [v2.Resize(size), v2.CenterCrop(size), v2.RandomCrop(size, padding=size // 8),
+                       v2.RandomHorizontalFlip()]
+    tail = [Cutout(cutout)] if augment and cutout > 0 else []
+    try:
+        train = ImageFolder(str(root / "train"), transform=v2.Compose(train_steps + base + tail))
+        test = ImageFolder(str(test_dir), transform=v2.Compose([v2.Resize(int(size * 8 / 7)), v2.CenterCrop(size)]
+                                                                 + base))
+    except (FileNotFoundError, RuntimeError) as err:
+        raise DataError(f"{name}: {err}") from None
+    if train.classes != test.classes:
+        raise DataError(f"{name}: train/ and {test_dir.name}/ hold different class folders")
+    return train, test, DataInfo(name, len(train.classes), 3, size)
+
+
+def datasets(name="digits", root=None, augment=True, cutout=0, download=False, image_size=None):
+    """(train, test, DataInfo) for a dataset name."""
+    if name == "digits":
+        return _digits(augment, cutout)
+    if name == "fashion-mnist":
+        return _fashion_mnist(root, augment, cutout)
+    if name in _CIFAR:
+        return _cifar(name, root, augment, cutout, download)
+    if name in ("imagenet", "folder"):
+        return _image_folder(name, root, augment, cutout, image_size)
+    raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+
+
+@dataclass
+class Loaders:
+    train: DataLoader
+    val: DataLoader | None
+    test: DataLoader
+    info: DataInfo
+
+
+def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """Seeded split of range(n) into (train, val); val_fraction=0.5 is DARTS' bi-level split."""
+    if not 0.0 <= val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    n_val = int(round(n * val_fraction))
+    return order[n_val:], order[:n_val]
+
+
+def get_loaders(name="digits", root=None, batch_size=64, val_fraction=0.0, augment=True, cutout=0, workers=0,
+                seed=0, download=False, image_size=None, limit=None) -> Loaders:
+    """Loaders for training (shuffled with a seeded generator), an optional validation split and the test set.
+
+    limit: keep at most this many training and test images (quick runs and tests).
+    """
+    train, test, info = datasets(name, root, augment, cutout, download, image_size)
+    if limit:
+        train = Subset(train, range(min(limit, len(train))))
+        test = Subset(test, range(min(limit, len(test))))
+    train_idx, val_idx = split_indices(len(train), val_fraction, seed)
+    pin = torch.cuda.is_available()
+
+    def loader(dataset, shuffle, offset):
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, pin_memory=pin,
+                          generator=torch.Generator().manual_seed(seed + offset) if shuffle else None,
+                          persistent_workers=workers > 0)
+
+    return Loaders(
+        train=loader(Subset(train, train_idx) if val_idx else train, True, 0),
+        val=loader(Subset(train, val_idx), True, 1) if val_idx else None,
+        test=loader(test, False, 2),
+        info=info,
+    )

@@ -1,0 +1,226 @@
+"""Genotypes in DARTS' format: the namedtuple, JSON, the DARTS text form (parsed without eval), known cells,
+and derivation of a cell from α.
+"""
+from __future__ import annotations
+
+import ast
+import json
+from collections import namedtuple
+from pathlib import Path
+
+import torch
+
+from .ops import OPS
+
+Genotype = namedtuple("Genotype", "normal normal_concat reduce reduce_concat")
+
+_FIELDS = Genotype._fields
+
+
+def validate(genotype: Genotype) -> Genotype:
+    """Check ops are known, two inputs per node, and every input is an earlier state."""
+    for cell_type in ("normal", "reduce"):
+        pairs = getattr(genotype, cell_type)
+        if not pairs or len(pairs) % 2:
+            raise ValueError(f"genotype: '{cell_type}' needs two (op, input) pairs per node, got {len(pairs)}")
+        for i, (op, inp) in enumerate(pairs):
+            if op not in OPS or op == "none":
+                raise ValueError(f"genotype: {cell_type}[{i}] has operation {op!r}, which is not a usable op")
+            if not isinstance(inp, int) or not 0 <= inp < 2 + i // 2:
+                raise ValueError(f"genotype: {cell_type}[{i}] takes input {inp!r}, but node {i // 2} can only "
+                                 f"take 0..{1 + i // 2}")
+        concat = getattr(genotype, cell_type + "_concat")
+        nodes = len(pairs) // 2
+        if not concat or any(not isinstance(c, int) or not 0 <= c < 2 + nodes for c in concat):
+            raise ValueError(f"genotype: '{cell_type}_concat' must list states in 0..{1 + nodes}, got {concat!r}")
+    return genotype
+
+
+def _normalize(normal, normal_concat, reduce, reduce_concat) -> Genotype:
+    return validate(Genotype(
+        normal=[(str(op), inp) for op, inp in normal],
+        normal_concat=list(normal_concat),
+        reduce=[(str(op), inp) for op, inp in reduce],
+        reduce_concat=list(reduce_concat),
+    ))
+
+
+# ---- JSON ------------------------------------------------------------------------------------------------
+
+def to_dict(genotype: Genotype) -> dict:
+    return {
+        "normal": [[op, inp] for op, inp in genotype.normal],
+        "normal_concat": list(genotype.normal_concat),
+        "reduce": [[op, inp] for op, inp in genotype.reduce],
+        "reduce_concat": list(genotype.reduce_concat),
+    }
+
+
+def from_dict(data: dict) -> Genotype:
+    missing = [f for f in _FIELDS if f not in data]
+    if missing:
+        raise ValueError(f"genotype JSON lacks {', '.join(missing)}")
+    try:
+        return _normalize(*(data[f] for f in _FIELDS))
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"genotype JSON: {err}") from None
+
+
+# ---- DARTS text form ---------------------------------------------------------------------------------------
+
+def to_text(genotype: Genotype) -> str:
+    """The DARTS repr, paste-able into DARTS' genotypes.py."""
+    return repr(Genotype(normal=[tuple(p) for p in genotype.normal], normal_concat=list(genotype.normal_concat),
+                         reduce=[tuple(p) for p in genotype.reduce], reduce_concat=list(genotype.reduce_concat)))
+
+
+class _TextError(ValueError):
+    def __init__(self, node, message):
+        super().__init__(f"malformed genotype text at line {node.lineno}, column {node.col_offset + 1}: {message}")
+
+
+def _parse_pairs(node):
+    if not isinstance(node, (ast.List, ast.Tuple)):
+        raise _TextError(node, "expected a list of (op, input) pairs")
+    pairs = []
+    for elt in node.elts:
+        ok = isinstance(elt, (ast.Tuple, ast.List)) and len(elt.elts) == 2
+        if ok:
+            op, inp = elt.elts
+            ok = (isinstance(op, ast.Constant) and isinstance(op.value, str)
+                  and isinstance(inp, ast.Constant) and type(inp.value) is int)
+        if not ok:
+            raise _TextError(elt, "expected a pair ('op_name', input_index)")
+        pairs.append((op.value, inp.value))
+    return pairs
+
+
+def _parse_concat(node):
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "range":
+        args = node.args
+        if node.keywords or not 1 <= len(args) <= 2 or not all(
+                isinstance(a, ast.Constant) and type(a.value) is int for a in args):
+            raise _TextError(node, "range() takes one or two integer literals here")
+        return list(range(*(a.value for a in args)))
+    if isinstance(node, (ast.List, ast.Tuple)):
+        if not all(isinstance(e, ast.Constant) and type(e.value) is int for e in node.elts):
+            raise _TextError(node, "expected a list of integers")
+        return [e.value for e in node.elts]
+    raise _TextError(node, "expected a list of integers or range(a, b)")
+
+
+def parse_text(text: str) -> Genotype:
+    """Parse `Genotype(normal=[...], normal_concat=range(2, 6), ...)` — with the syntax tree, never eval."""
+    text = text.strip()
+    try:
+        tree = ast.parse(text, mode="eval")
+    except SyntaxError as err:
+        raise ValueError(f"malformed genotype text at line {err.lineno}, column {err.offset}: {err.msg}") from None
+    call = tree.body
+    if not (isinstance(call, ast.Call) and isinstance(call.func, (ast.Name, ast.Attribute))
+            and (getattr(call.func, "id", None) or call.func.attr) == "Genotype"):
+        raise _TextError(call, "expected Genotype(normal=..., normal_concat=..., reduce=..., reduce_concat=...)")
+    if len(call.args) > len(_FIELDS):
+        raise _TextError(call, f"Genotype takes at most {len(_FIELDS)} arguments")
+    values = dict(zip(_FIELDS, call.args))
+    for kw in call.keywords:
+        if kw.arg not in _FIELDS or kw.arg in values:
+            raise _TextError(kw.value, f"unexpected or repeated argument {kw.arg!r}")
+        values[kw.arg] = kw.value
+    missing = [f for f in _FIELDS if f not in values]
+    if missing:
+        raise _TextError(call, f"missing {', '.join(missing)}")
+    parsed = {f: (_parse_concat if f.endswith("concat") else _parse_pairs)(values[f]) for f in _FIELDS}
+    return _normalize(**parsed)
+
+
+# ---- Known cells -------------------------------------------------------------------------------------------
+
+DARTS_V1 = parse_text(
+    "Genotype(normal=[('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('skip_connect', 0), ('sep_conv_3x3', 1), "
+    "('skip_connect', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('skip_connect', 2)], "
+    "normal_concat=[2, 3, 4, 5], reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1), ('skip_connect', 2), "
+    "('max_pool_3x3', 0), ('max_pool_3x3', 0), ('skip_connect', 2), ('skip_connect', 2), ('avg_pool_3x3', 0)], "
+    "reduce_concat=[2, 3, 4, 5])")
+DARTS_V2 = parse_text(
+    "Genotype(normal=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1), "
+    "('sep_conv_3x3', 1), ('skip_connect', 0), ('skip_connect', 0), ('dil_conv_3x3', 2)], "
+    "normal_concat=[2, 3, 4, 5], reduce=[('max_pool_3x3', 0), ('max_pool_3x3', 1), ('skip_connect', 2), "
+    "('max_pool_3x3', 1), ('max_pool_3x3', 0), ('skip_connect', 2), ('skip_connect', 2), ('max_pool_3x3', 1)], "
+    "reduce_concat=[2, 3, 4, 5])")
+PDARTS = parse_text(
+    "Genotype(normal=[('skip_connect', 0), ('dil_conv_3x3', 1), ('skip_connect', 0), ('sep_conv_3x3', 1), "
+    "('sep_conv_3x3', 1), ('sep_conv_3x3', 3), ('sep_conv_3x3', 0), ('dil_conv_5x5', 4)], "
+    "normal_concat=range(2, 6), reduce=[('avg_pool_3x3', 0), ('sep_conv_5x5', 1), ('sep_conv_3x3', 0), "
+    "('dil_conv_5x5', 2), ('max_pool_3x3', 0), ('dil_conv_3x3', 1), ('dil_conv_3x3', 1), ('dil_conv_5x5', 3)], "
+    "reduce_concat=range(2, 6))")
+PC_DARTS = parse_text(
+    "Genotype(normal=[('sep_conv_3x3', 1), ('skip_connect', 0), ('sep_conv_3x3', 0), ('dil_conv_3x3', 1), "
+    "('sep_conv_5x5', 0), ('sep_conv_3x3', 1), ('avg_pool_3x3', 0), ('dil_conv_3x3', 1)], "
+    "normal_concat=range(2, 6), reduce=[('sep_conv_5x5', 1), ('max_pool_3x3', 0), ('sep_conv_5x5', 1), "
+    "('sep_conv_5x5', 2), ('sep_conv_3x3', 0), ('sep_conv_3x3', 3), ('sep_conv_3x3', 1), ('sep_conv_3x3', 2)], "
+    "reduce_concat=range(2, 6))")
+
+KNOWN = {"DARTS_V1": DARTS_V1, "DARTS_V2": DARTS_V2, "DARTS": DARTS_V2, "PDARTS": PDARTS, "PC_DARTS": PC_DARTS}
+
+
+def save(genotype: Genotype, path: str | Path) -> None:
+    """Writes JSON for a .json path, else the DARTS text form."""
+    path = Path(path)
+    if path.suffix == ".json":
+        path.write_text(json.dumps(to_dict(genotype), indent=2) + "\n")
+    else:
+        path.write_text(to_text(genotype) + "\n")
+
+
+def load(spec: str) -> Genotype:
+    """A known name (DARTS_V2, ...), a .json file, a file holding DARTS text, or the DARTS text itself."""
+    if spec in KNOWN:
+        return KNOWN[spec]
+    if spec.lstrip().startswith("Genotype"):
+        return parse_text(spec)
+    path = Path(spec)
+    if not path.is_file():
+        raise ValueError(f"genotype {spec!r} is neither a known name ({', '.join(KNOWN)}), a file, "
+                         "nor DARTS text 'Genotype(normal=[...], ...)'")
+    text = path.read_text()
+    if path.suffix == ".json":
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"genotype file {path}: not valid JSON ({err})") from None
+        return from_dict(data)
+    return parse_text(text)
+
+
+# ---- Derivation from α -------------------------------------------------------------------------------------
+
+def derive_cell(weights: torch.Tensor, edge_ops: list[tuple[str, ...]], nodes: int) -> list[tuple[str, int]]:
+    """DARTS' rule on softmax weights: each node keeps its 2 strongest incoming edges, strength = the largest
+    non-`none` weight of the edge; each kept edge keeps its argmax non-`none` op. Ties go to the earlier edge
+    and the earlier op (as DARTS' stable sort does).
+
+    weights: (edges, max_ops) softmax weights, entry k of edge e belonging to edge_ops[e][k].
+    """
+    weights = weights.detach().cpu().tolist()
+    gene, start = [], 0
+    for node in range(nodes):
+        best = []  # (strength, input, op) per incoming edge
+        for inp in range(2 + node):
+            ops = edge_ops[start + inp]
+            cands = [(weights[start + inp][k], -k, op) for k, op in enumerate(ops) if op != "none"]
+            if cands:
+                w, _, op = max(cands)
+                best.append((w, inp, op))
+        if len(best) < 2:
+            raise ValueError(f"node {node} has fewer than 2 incoming edges with an op other than 'none'")
+        best.sort(key=lambda b: -b[0])
+        gene.extend((op, inp) for _, inp, op in best[:2])
+        start += 2 + node
+    return gene
+
+
+def derive(weights_normal, weights_reduce, edge_ops_normal, edge_ops_reduce, nodes: int = 4) -> Genotype:
+    concat = list(range(2, 2 + nodes))
+    return Genotype(normal=derive_cell(weights_normal, edge_ops_normal, nodes), normal_concat=concat,
+                    reduce=derive_cell(weights_reduce, edge_ops_reduce, nodes), reduce_concat=concat)

@@ -1,0 +1,145 @@
+"""Networks trained from scratch from a genotype: DARTS' NetworkCIFAR and NetworkImageNet (mobile setting)."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+from .genotypes import Genotype
+from .ops import FactorizedReduce, Identity, ReLUConvBN, final_op
+
+
+def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
+    """Zero whole samples with probability drop_prob, scaling the rest by 1/keep (DARTS' drop-path)."""
+    if drop_prob <= 0.0:
+        return x
+    keep = 1.0 - drop_prob
+    mask = torch.empty(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device).bernoulli_(keep)
+    return x / keep * mask
+
+
+class Cell(nn.Module):
+    def __init__(self, genotype: Genotype, C_prev_prev, C_prev, C, reduction, reduction_prev):
+        super().__init__()
+        self.reduction = reduction
+        if reduction_prev:
+            self.preprocess0 = FactorizedReduce(C_prev_prev, C)
+        else:
+            self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1, 1, 0)
+        self.preprocess1 = ReLUConvBN(C_prev, C, 1, 1, 0)
+        pairs = genotype.reduce if reduction else genotype.normal
+        self._concat = list(genotype.reduce_concat if reduction else genotype.normal_concat)
+        self._indices = [inp for _, inp in pairs]
+        self._steps = len(pairs) // 2
+        self.multiplier = len(self._concat)
+        self._ops = nn.ModuleList(
+            final_op(name, C, 2 if reduction and inp < 2 else 1) for name, inp in pairs
+        )
+
+    def forward(self, s0, s1, drop_prob: float = 0.0):
+        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        for i in range(self._steps):
+            s = 0
+            for k in (2 * i, 2 * i + 1):
+                op = self._ops[k]
+                h = op(states[self._indices[k]])
+                if self.training and drop_prob > 0 and not isinstance(op, Identity):
+                    h = drop_path(h, drop_prob)
+                s = s + h
+            states.append(s)
+        return torch.cat([states[i] for i in self._concat], dim=1)
+
+
+class AuxiliaryHead(nn.Sequential):
+    """DARTS' auxiliary classifier. CIFAR: assumes 8×8 input (pool stride 3 → 2×2); ImageNet: pool stride 2 and,
+    as in DARTS' released code, no BN after the 768-channel conv."""
+
+    def __init__(self, C, num_classes, imagenet=False):
+        layers = [
+            nn.ReLU(inplace=True),
+            nn.AvgPool2d(5, stride=2 if imagenet else 3, padding=0, count_include_pad=False),
+            nn.Conv2d(C, 128, 1, bias=False),
+            nn.BatchNorm2d(128),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(128, 768, 2, bias=False),
+        ]
+        if not imagenet:
+            layers.append(nn.BatchNorm2d(768))
+        layers += [nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(768, num_classes)]
+        super().__init__(*layers)
+
+
+class _Network(nn.Module):
+    """Cells after a stem, reductions at ⌊n/3⌋ and ⌊2n/3⌋, auxiliary head after cell ⌊2n/3⌋."""
+
+    def _build_cells(self, genotype, C, layers, C_prev_prev, C_prev, reduction_prev):
+        self.cells = nn.ModuleList()
+        self._aux_index = 2 * layers // 3
+        C_curr, C_aux = C, None
+        for i in range(layers):
+            reduction = i in (layers // 3, 2 * layers // 3)
+            if reduction:
+                C_curr *= 2
+            cell = Cell(genotype, C_prev_prev, C_prev, C_curr, reduction, reduction_prev)
+            self.cells.append(cell)
+            reduction_prev = reduction
+            C_prev_prev, C_prev = C_prev, cell.multiplier * C_curr
+            if i == self._aux_index:
+                C_aux = C_prev
+        return C_prev, C_aux
+
+    def _run_cells(self, s0, s1):
+        logits_aux = None
+        for i, cell in enumerate(self.cells):
+            s0, s1 = s1, cell(s0, s1, self.drop_path_prob)
+            if i == self._aux_index and self.auxiliary_head is not None and self.training:
+                logits_aux = self.auxiliary_head(s1)
+        logits = self.classifier(self.global_pooling(s1).flatten(1))
+        return logits, logits_aux
+
+    def weights_without_auxiliary(self):
+        return (p for name, p in self.named_parameters() if not name.startswith("auxiliary_head."))
+
+
+class NetworkCIFAR(_Network):
+    def __init__(self, genotype: Genotype, C=36, num_classes=10, layers=20, auxiliary=True, in_channels=3,
+                 stem_multiplier=3):
+        super().__init__()
+        self.drop_path_prob = 0.0
+        C_stem = stem_multiplier * C
+        self.stem = nn.Sequential(nn.Conv2d(in_channels, C_stem, 3, padding=1, bias=False), nn.BatchNorm2d(C_stem))
+        C_prev, C_aux = self._build_cells(genotype, C, layers, C_stem, C_stem, reduction_prev=False)
+        self.auxiliary_head = AuxiliaryHead(C_aux, num_classes) if auxiliary else None
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_prev, num_classes)
+
+    def forward(self, x):
+        s = self.stem(x)
+        return self._run_cells(s, s)
+
+
+class NetworkImageNet(_Network):
+    """Mobile setting: a 3-conv stem reducing ×8 (224 → 28) before the cells."""
+
+    def __init__(self, genotype: Genotype, C=48, num_classes=1000, layers=14, auxiliary=True, in_channels=3):
+        super().__init__()
+        self.drop_path_prob = 0.0
+        self.stem0 = nn.Sequential(
+            nn.Conv2d(in_channels, C // 2, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(C // 2),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(C // 2, C, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(C),
+        )
+        self.stem1 = nn.Sequential(
+            nn.ReLU(inplace=True),
+            nn.Conv2d(C, C, 3, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(C),
+        )
+        C_prev, C_aux = self._build_cells(genotype, C, layers, C, C, reduction_prev=True)
+        self.auxiliary_head = AuxiliaryHead(C_aux, num_classes, imagenet=True) if auxiliary else None
+        self.global_pooling = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(C_prev, num_classes)
+
+    def forward(self, x):
+        s0 = self.stem0(x)
+        return self._run_cells(s0, self.stem1(s0))
