@@ -111,7 +111,8 @@ class _ArrayUnpickler(pickle.Unpickler):
     asks for any other class is refused instead of run."""
 
     _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-                ("numpy", "ndarray"), ("numpy", "dtype")}
+                ("numpy", "ndarray"), ("numpy", "dtype"),
+                ("_codecs", "encode")}  # Python 3 writes bytes this way in protocol-2 pickles
 
     def find_class(self, module, name):
         if (module, name) in self._ALLOWED:

@@ -50,7 +50,7 @@ class Cell(nn.Module):
 
 
 class AuxiliaryHead(nn.Sequential):
-    """DARTS' auxiliary classifier. CIFAR: assumes 8×8 input (pool stride 3 → 2×2); ImageNet: pool stride 2 and,
+    """DARTS' auxiliary classifier. CIFAR: 8×8 input (pool stride 3 → 2×2); ImageNet: 7×7 input, pool stride 2 and,
     as in DARTS' released code, no BN after the 768-channel conv."""
 
     def __init__(self, C, num_classes, imagenet=False):

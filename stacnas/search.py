@@ -77,7 +77,7 @@ def stage1_space(space: SearchSpace, clusters: Clusters, nodes: int) -> SearchSp
                 reps.append(rep if rep in present else present[0])
         return ("none", *reps)
     edges = _per_edge(space, nodes, ops)
-    return SearchSpace(f"{space.name}-stage1", edges["normal"], edges["reduce"], clusters)
+    return SearchSpace(f"{space.name}-stage1", edges["normal"], edges["reduce"])
 
 
 def chosen_clusters(supernet, clusters: Clusters) -> dict:
@@ -98,7 +98,7 @@ def stage2_space(space: SearchSpace, clusters: Clusters, choice: dict, nodes: in
     def ops(cell_type, e, edge_ops):
         return ("none", *(op for op in clusters.groups[choice[cell_type][e]] if op in edge_ops))
     edges = _per_edge(space, nodes, ops)
-    return SearchSpace(f"{space.name}-stage2", edges["normal"], edges["reduce"], clusters)
+    return SearchSpace(f"{space.name}-stage2", edges["normal"], edges["reduce"])
 
 
 # ---- training one supernet -------------------------------------------------------------------------------

@@ -36,6 +36,8 @@ class Clusters:
             if rep not in group:
                 raise ValueError(f"clusters: representative {rep!r} is not in its cluster {list(group)}")
         flat = [op for g in self.groups for op in g]
+        if "none" in flat:
+            raise ValueError("clusters: 'none' stands alone and is added to every edge by the search; leave it out")
         if len(flat) != len(set(flat)):
             raise ValueError("clusters: an operation appears in more than one cluster")
 
@@ -75,6 +77,10 @@ class SearchSpace:
             spec = getattr(self, cell_type)
             for ops in (spec if self.is_per_edge(cell_type) else (spec,)):
                 _check_op_list(ops, f"space {self.name!r}, {cell_type} cell")
+        if self.clusters is not None:
+            outside = [op for g in self.clusters.groups for op in g if op not in self.ops()]
+            if outside:
+                raise ValueError(f"space {self.name!r}: clustered operations {outside} are not in the space")
 
     def is_per_edge(self, cell_type: str) -> bool:
         spec = getattr(self, cell_type)

@@ -1,0 +1,93 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from stacnas import genotypes
+
+TINY = ["--preset", "quick", "--epochs", "1", "--limit", "96", "--channels", "4", "--stage1-layers", "3",
+        "--stage2-layers", "4", "--darts-layers", "3", "--batch-size", "32"]
+
+
+def run(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "stacnas", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=600)
+
+
+def assert_usage_error(result, *fragments):
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["frobnicate"], ["invalid choice: 'frobnicate'"]),
+    (["info", "--bogus"], ["unrecognized arguments: --bogus"]),
+    (["search", "--epochs", "many"], ["--epochs", "invalid int value"]),
+    (["search", "--epochs", "0"], ["epochs must be at least 1"]),
+    (["search", "--method", "evolution"], ["invalid choice: 'evolution'"]),
+    (["search", "--preset", "huge"], ["invalid choice: 'huge'"]),
+    (["search", "--space", "s9"], ["unknown search space 's9'"]),
+    (["search", "--dataset", "cifar10", "--data-root", "/nonexistent"], ["cifar10", "/nonexistent"]),
+    (["search", "--config", "/nonexistent.yaml"], ["config file /nonexistent.yaml does not exist"]),
+    (["genotype", "Genotype(normal=[('sep_conv_3x3', 0)"], ["line 1, column 17"]),
+    (["genotype", "NOT_A_CELL"], ["neither a known name"]),
+])
+def test_bad_input_is_one_line_and_exit_2(args, fragments, tmp_path):
+    assert_usage_error(run(*args, "--out", str(tmp_path / "o")) if args[0] == "search" else run(*args), *fragments)
+
+
+def test_bad_config_key(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("epochs: 1\nlearning_rate: 3\n")
+    assert_usage_error(run("search", "--config", str(cfg)), "unknown option 'learning_rate'")
+
+
+def test_help_explains_every_option():
+    out = run("search", "--help").stdout
+    for flag in ("--method", "--space", "--dataset", "--stage2-layers", "--a-betas", "--w-lr", "--preset", "--out"):
+        assert flag in out
+
+
+def test_info_json():
+    result = run("info", "--json")
+    assert result.returncode == 0
+    data = json.loads(result.stdout)
+    assert set(data["backends"]) == {"reference", "cpp", "cuda", "triton"}
+    assert data["backends"]["reference"]["available"] is True
+    assert all(b["reason"] for b in data["backends"].values())
+
+
+def test_genotype_converts_between_formats(tmp_path):
+    result = run("genotype", "DARTS_V2", "--json")
+    path = tmp_path / "g.json"
+    path.write_text(result.stdout)
+    assert genotypes.load(str(path)) == genotypes.DARTS_V2
+    assert run("genotype", str(path)).stdout.strip() == genotypes.to_text(genotypes.DARTS_V2)
+
+
+@pytest.mark.parametrize("method", ["stacnas", "darts"])
+def test_search_writes_a_valid_genotype(tmp_path, method):
+    out = tmp_path / "run"
+    result = run("search", *TINY, "--method", method, "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    genotype = genotypes.load(str(out / "genotype.json"))
+    assert genotypes.load(str(out / "genotype.txt")) == genotype
+    config = json.loads((out / "config.json").read_text())
+    assert config["method"] == method and config["epochs"] == 1 and config["channels"] == 4
+    assert "torch" in json.loads((out / "environment.json").read_text())["versions"]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in records] == (["stage1", "stage2"] if method == "stacnas" else ["darts"])
+    if method == "stacnas":
+        choice = json.loads((out / "stage1" / "choice.json").read_text())
+        stage2 = json.loads((out / "stage2" / "space.json").read_text())
+        clusters = json.loads((out / "clusters.json").read_text())["groups"]
+        for cell_type in ("normal", "reduce"):
+            assert stage2[cell_type] == [["none", *clusters[c]] for c in choice[cell_type]]
+    # the output folder is never overwritten silently
+    again = run("search", *TINY, "--method", method, "--out", str(out))
+    assert_usage_error(again, "already holds files", "--force")
