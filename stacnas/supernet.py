@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import genotypes
+from . import genotypes, lean
 from .ops import FactorizedReduce, ReLUConvBN, search_op
 from .spaces import SearchSpace
 
@@ -26,11 +26,15 @@ class MixedOp(nn.Module):
         return sum(w * op(x) for w, op in zip(weights, self._ops))
 
 
+MODES = ("reference", "lean", "recompute")
+
+
 class SearchCell(nn.Module):
     def __init__(self, edge_ops, nodes, C_prev_prev, C_prev, C, reduction, reduction_prev):
         super().__init__()
         self.reduction = reduction
         self.nodes = nodes
+        self.mode, self.kernels = "reference", None  # set by Supernet.set_mode
         if reduction_prev:
             self.preprocess0 = FactorizedReduce(C_prev_prev, C, affine=False)
         else:
@@ -49,7 +53,14 @@ class SearchCell(nn.Module):
         states = [self.preprocess0(s0), self.preprocess1(s1)]
         offset = 0
         for _ in range(self.nodes):
-            states.append(sum(self._ops[offset + j](h, weights[offset + j]) for j, h in enumerate(states)))
+            edges = self._ops[offset:offset + len(states)]
+            node_weights = weights[offset:offset + len(states)]
+            if self.mode == "lean":
+                states.append(lean.lean_node(edges, states, node_weights, self.kernels))
+            elif self.mode == "recompute":
+                states.append(lean.recompute_node(edges, states, node_weights))
+            else:
+                states.append(sum(edge(h, w) for edge, h, w in zip(edges, states, node_weights)))
             offset += len(states) - 1
         return torch.cat(states[-self.nodes:], dim=1)
 
@@ -59,10 +70,15 @@ class Supernet(nn.Module):
 
     α is one (edges, max_ops) tensor per cell type, shared by all cells of that type; on edges with fewer ops
     than max_ops the extra entries are masked out of the softmax (never padded with fake ops).
+
+    mode: `reference` (every edge computes sum(w * op(x)), the oracle), `lean` (fused, exact, far less memory kept
+    for backward) or `recompute` (keeps only node inputs; recomputes candidates in backward). The parameters and
+    their names are the same in every mode, so a state_dict moves freely between them. kernels: the backend of the
+    fused sum (None: STACNAS_KERNELS or automatic).
     """
 
     def __init__(self, space: SearchSpace, C: int = 16, layers: int = 8, nodes: int = 4, num_classes: int = 10,
-                 in_channels: int = 3, stem_multiplier: int = 3):
+                 in_channels: int = 3, stem_multiplier: int = 3, mode: str = "lean", kernels: str | None = None):
         super().__init__()
         if layers < 3:
             raise ValueError(f"a supernet needs at least 3 cells (it has 2 reduction cells), got {layers}")
@@ -91,6 +107,15 @@ class Supernet(nn.Module):
             mask = torch.tensor([[k < len(ops) for k in range(width)] for ops in edge_ops])
             self.register_buffer(f"mask_{cell_type}", mask, persistent=False)
             self.register_parameter(f"alpha_{cell_type}", nn.Parameter(1e-3 * torch.randn(len(edge_ops), width)))
+        self.set_mode(mode, kernels)
+
+    def set_mode(self, mode: str, kernels: str | None = None) -> "Supernet":
+        if mode not in MODES:
+            raise ValueError(f"unknown memory mode {mode!r}; choose one of {', '.join(MODES)}")
+        self.mode, self.kernels = mode, kernels
+        for cell in self.cells:
+            cell.mode, cell.kernels = mode, kernels
+        return self
 
     def reduction_indices(self) -> tuple[int, int]:
         return self.layers // 3, 2 * self.layers // 3

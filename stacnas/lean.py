@@ -1,0 +1,256 @@
+"""The memory-lean ways to run a supernet node; both compute exactly what the reference `MixedOp`s compute.
+
+`lean` (default): every (edge, op) term of a node is summed by one fused `mixed_sum` call, and
+  - ops ending in BatchNorm(affine=False) hand over the BN's input z and batch statistics: the BN is folded into
+    the sum, so its output o = (z - mean)·rstd is never stored (dL/dw = <g, o> comes from z and the statistics);
+  - `none` is skipped (its output is 0, so it adds nothing and its weight gets no gradient from the sum);
+  - ReLU(h) is computed once per state and shared by every conv candidate of every edge leaving it; the convs keep
+    h, not ReLU(h), and recompute the ReLU in backward (likewise BN+ReLU inside sep_conv keeps only the BN input);
+  - max-pool keeps no indices: backward finds them again from the pool's input, which is kept anyway.
+`recompute`: a node keeps only its input states and weights; backward recomputes each candidate, one at a time,
+  with the BN running statistics frozen (they were updated once, in forward) and the RNG of `noise` replayed.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from . import fused
+from .ops import FactorizedReduce, Identity, Noise, Zero
+
+
+def _per_channel(t, like):
+    return t.view(1, -1, *([1] * (like.dim() - 2)))
+
+
+class NormReLUConv(torch.autograd.Function):
+    """conv(ReLU(x)) or conv(ReLU((x - mean)·rstd)) that keeps x, not the activation, for backward.
+
+    `act` may hand in the activation already computed (shared by several convs); it is not kept either.
+    """
+
+    @staticmethod
+    def forward(ctx, x, mean, rstd, weight, stride, padding, dilation, groups, act):
+        if act is None:
+            act = F.relu(x if mean is None else (x - _per_channel(mean, x)) * _per_channel(rstd, x))
+        ctx.save_for_backward(x, mean, rstd, weight)
+        ctx.conv = (stride, padding, dilation, groups)
+        return F.conv2d(act, weight, None, stride, padding, dilation, groups)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, mean, rstd, weight = ctx.saved_tensors
+        stride, padding, dilation, groups = ctx.conv
+        xhat = x if mean is None else (x - _per_channel(mean, x)) * _per_channel(rstd, x)
+        act = F.relu(xhat)
+        need_x = any(ctx.needs_input_grad[:3])
+        grad_act, grad_weight, _ = torch.ops.aten.convolution_backward(
+            grad, act, weight, None, _pair(stride), _pair(padding), _pair(dilation), False, [0, 0], groups,
+            [need_x, ctx.needs_input_grad[3], False])
+        if not need_x:
+            return None, None, None, grad_weight, None, None, None, None, None
+        grad_xhat = grad_act.masked_fill_(xhat <= 0, 0)
+        if mean is None:
+            return grad_xhat, None, None, grad_weight, None, None, None, None, None
+        dims = [0] + list(range(2, x.dim()))
+        grad_x = grad_xhat * _per_channel(rstd, x)
+        grad_mean = -grad_x.sum(dims)
+        grad_rstd = (grad_xhat * (x - _per_channel(mean, x))).sum(dims)
+        return grad_x, grad_mean, grad_rstd, grad_weight, None, None, None, None, None
+
+
+def _pair(v):
+    return list(v) if isinstance(v, (tuple, list)) else [v, v]
+
+
+class MaxPoolNoIndices(torch.autograd.Function):
+    """3×3 max-pool whose backward recomputes the argmax from the input instead of keeping int64 indices."""
+
+    @staticmethod
+    def forward(ctx, x, stride):
+        ctx.save_for_backward(x)
+        ctx.stride = stride
+        return F.max_pool2d(x, 3, stride, 1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        s = ctx.stride
+        _, indices = F.max_pool2d(x, 3, s, 1, return_indices=True)
+        grad_x = torch.ops.aten.max_pool2d_with_indices_backward(grad, x, [3, 3], [s, s], [1, 1], [1, 1], False,
+                                                                 indices)
+        return grad_x, None
+
+
+def batch_stats(bn: nn.BatchNorm2d, z: torch.Tensor):
+    """(mean, rstd) that `bn` would normalize z with, updating its running statistics as it would (once)."""
+    if bn.training or not bn.track_running_stats:
+        var, mean = torch.var_mean(z, dim=[0] + list(range(2, z.dim())), correction=0)
+        if bn.training and bn.track_running_stats:
+            with torch.no_grad():
+                bn.num_batches_tracked.add_(1)
+                factor = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+                n = z.numel() // z.shape[1]
+                bn.running_mean.mul_(1 - factor).add_(mean, alpha=factor)
+                bn.running_var.mul_(1 - factor).add_(var * (n / max(n - 1, 1)), alpha=factor)
+        return mean, torch.rsqrt(var + bn.eps)
+    return bn.running_mean, torch.rsqrt(bn.running_var + bn.eps)
+
+
+def _conv(conv: nn.Conv2d, x, mean=None, rstd=None, act=None):
+    return NormReLUConv.apply(x, mean, rstd, conv.weight, conv.stride, conv.padding, conv.dilation, conv.groups, act)
+
+
+def lean_term(op: nn.Module, h: torch.Tensor, relu_h):
+    """One candidate on state h, as (x, bn): x is the BN's input z when the op ends in a BN to fold (bn given),
+    else the op's output (bn None). relu_h() gives the shared ReLU(h)."""
+    if isinstance(op, Identity):
+        return h, None
+    if isinstance(op, FactorizedReduce):
+        shifted = h[:, :, 1:, 1:]
+        if odd := (h.shape[2] % 2 or h.shape[3] % 2):
+            shifted = F.pad(shifted, (0, h.shape[3] % 2, 0, h.shape[2] % 2))
+        z = torch.cat([_conv(op.conv_1, h, act=relu_h()),
+                       _conv(op.conv_2, shifted, act=None if odd else relu_h()[:, :, 1:, 1:])], dim=1)
+        return z, op.bn
+    if isinstance(op, Noise):
+        return op(h), None
+    layers = list(op)
+    if isinstance(layers[0], nn.MaxPool2d):
+        return MaxPoolNoIndices.apply(h, layers[0].stride), layers[1]
+    if isinstance(layers[0], nn.AvgPool2d):
+        return layers[0](h), layers[1]
+    # ReLU → conv [→ conv → BN → ReLU → conv] → conv → BN: dil_conv, sep_conv, nor_conv
+    assert isinstance(layers[0], nn.ReLU) and isinstance(layers[-1], nn.BatchNorm2d), f"unexpected op {op}"
+    x = _conv(layers[1], h, act=relu_h())
+    i = 2
+    while i < len(layers) - 1:
+        layer = layers[i]
+        if isinstance(layer, nn.BatchNorm2d):  # BN → ReLU → conv inside sep_conv
+            mean, rstd = batch_stats(layer, x)
+            x = _conv(layers[i + 2], x, mean, rstd)
+            i += 3
+        else:
+            x = layer(x)
+            i += 1
+    return x, layers[-1]
+
+
+def lean_node(edges, states, weights, backend=None):
+    """One node: sum over its incoming edges (edges[j] reads states[j]) of sum_k weights[j, k] · op_jk(states[j])."""
+    relu_cache = {}
+    xs, w_index, means, rstds = [], [], [], []
+    for j, (edge, h) in enumerate(zip(edges, states)):
+        def relu_h(h=h, j=j):
+            if j not in relu_cache:
+                relu_cache[j] = F.relu(h.detach())
+            return relu_cache[j]
+        for k, op in enumerate(edge._ops):
+            if isinstance(op, Zero):
+                continue
+            x, bn = lean_term(op, h, relu_h)
+            if bn is None:
+                mean, rstd = x.new_zeros(x.shape[1]), x.new_ones(x.shape[1])
+            else:
+                mean, rstd = batch_stats(bn, x)
+            xs.append(x)
+            w_index.append((j, k))
+            means.append(mean)
+            rstds.append(rstd)
+    rows, cols = zip(*w_index)
+    w = weights[list(rows), list(cols)]
+    return fused.mixed_sum(xs, w, torch.stack(means), torch.stack(rstds), backend=backend)
+
+
+# ---- recompute ---------------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def frozen_running_stats(module: nn.Module):
+    """Run module without changing any BN running statistics (they were updated once already)."""
+    saved = [(bn, bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone())
+             for bn in module.modules() if isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for bn, mean, var, count in saved:
+                bn.running_mean.copy_(mean)
+                bn.running_var.copy_(var)
+                bn.num_batches_tracked.copy_(count)
+
+
+def _rng_state(device):
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+@contextlib.contextmanager
+def _replayed_rng(device, state):
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type=device.type):
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(state, device)
+        else:
+            torch.set_rng_state(state)
+        yield
+
+
+class RecomputeNode(torch.autograd.Function):
+    """y = sum over terms t of w_t · op_t(states[s_t]); keeps only the states and w."""
+
+    @staticmethod
+    def forward(ctx, terms, n_states, w, *tensors):
+        states, params = tensors[:n_states], tensors[n_states:]
+        y, rng = None, {}
+        for t, (s, op, _) in enumerate(terms):
+            if isinstance(op, Noise):
+                rng[t] = _rng_state(states[s].device)
+            o = op(states[s])
+            y = w[t] * o if y is None else y.addcmul_(o, w[t])
+        ctx.terms, ctx.n_states, ctx.n_params, ctx.rng = terms, n_states, len(params), rng
+        ctx.save_for_backward(w, *states)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        w, *states = ctx.saved_tensors
+        leaves = [s.detach().requires_grad_(s.requires_grad) for s in states]
+        grad_states = [None] * len(states)
+        grad_params, grad_w = [], torch.zeros_like(w)
+        for t, (s, op, params) in enumerate(ctx.terms):
+            replay = _replayed_rng(leaves[s].device, ctx.rng[t]) if t in ctx.rng else contextlib.nullcontext()
+            wanted = ([leaves[s]] if leaves[s].requires_grad else []) + [p for p in params if p.requires_grad]
+            # the running statistics are restored only after backward: BN's backward checks they are unchanged
+            with frozen_running_stats(op):
+                with torch.enable_grad(), replay:
+                    o = op(leaves[s])
+                grad_w[t] = (grad * o.detach()).sum()
+                found = iter(torch.autograd.grad(o, wanted, grad * w[t], allow_unused=True)
+                             if o.requires_grad and wanted else [None] * len(wanted))
+            if leaves[s].requires_grad:
+                g_state = next(found)
+                if g_state is not None:
+                    grad_states[s] = g_state if grad_states[s] is None else grad_states[s] + g_state
+            grad_params.extend(next(found) if p.requires_grad else None for p in params)
+        return (None, None, grad_w, *grad_states, *grad_params)
+
+
+def recompute_node(edges, states, weights):
+    terms, w_index, params = [], [], []
+    for j, edge in enumerate(edges):
+        for k, op in enumerate(edge._ops):
+            if isinstance(op, Zero):
+                continue
+            op_params = list(op.parameters())
+            terms.append((j, op, op_params))
+            w_index.append((j, k))
+            params.extend(op_params)
+    rows, cols = zip(*w_index)
+    w = weights[list(rows), list(cols)]
+    return RecomputeNode.apply(terms, len(states), w, *states, *params)

@@ -1,0 +1,111 @@
+"""lean and recompute supernets compute exactly what the reference supernet computes: logits, every weight and α
+gradient, and the BN running statistics (updated exactly once), in training and in eval mode."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from stacnas import fused
+from stacnas.spaces import BUILTIN_SPACES, SearchSpace
+from stacnas.supernet import Supernet
+
+BACKENDS = ["reference"] + (["cpp"] if fused.extension_error() is None else [])
+
+
+def _step(model, x, y, seed):
+    torch.manual_seed(seed)  # `noise` draws from the global RNG
+    logits = model(x)
+    F.cross_entropy(logits, y).backward()
+    return logits.detach()
+
+
+def _uneven_space():
+    normal = tuple(("skip_connect", "max_pool_3x3") if e % 4 == 0 else
+                   ("none", "skip_connect", "sep_conv_3x3", "dil_conv_5x5", "avg_pool_3x3", "nor_conv_1x1")
+                   for e in range(14))
+    return SearchSpace("uneven", normal, ("max_pool_3x3", "skip_connect", "noise", "sep_conv_5x5"))
+
+
+SPACES = {**{name: BUILTIN_SPACES[name] for name in ("darts", "s1", "s3", "s4")}, "uneven": _uneven_space()}
+
+
+def _assert_no_worse_than_reference(ours, reference, truth, name):
+    """fp32 results against the fp64 truth: within 1e-5 of the tensor's largest entry, or at most twice the
+    reference's own fp32 error where that is larger (rounding in BN over small batches)."""
+    truth = truth.double()
+    err_ours = (ours.double() - truth).abs().max().item()
+    err_ref = (reference.double() - truth).abs().max().item()
+    assert err_ours <= max(2 * err_ref, 1e-5 * truth.abs().max().item()), f"{name}: {err_ours} vs reference {err_ref}"
+
+
+@pytest.mark.parametrize("space", sorted(SPACES))
+@pytest.mark.parametrize("mode", ["lean", "recompute"])
+@pytest.mark.parametrize("size", [10, 9])
+def test_mode_matches_reference(space, mode, size):
+    torch.manual_seed(0)
+    reference = Supernet(SPACES[space], C=4, layers=5, num_classes=6, mode="reference")
+    with torch.no_grad():
+        for alpha in reference.alphas():
+            alpha.normal_()
+    model = copy.deepcopy(reference).set_mode(mode)
+    truth = copy.deepcopy(reference).double()
+    x, y = torch.randn(3, 3, size, size), torch.randint(0, 6, (3,))
+    for step in range(2):  # the second step sees running statistics updated by the first
+        ours, theirs = _step(model, x, y, step), _step(reference, x, y, step)
+        _assert_no_worse_than_reference(ours, theirs, _step(truth, x.double(), y, step), f"logits {step}")
+    named = list(reference.named_parameters())
+    for (name, p), q, t in zip(named, model.parameters(), truth.parameters()):
+        assert (p.grad is None) == (q.grad is None), name
+        if p.grad is not None:
+            _assert_no_worse_than_reference(q.grad, p.grad, t.grad, name)
+    for (name, b), c, t in zip(reference.named_buffers(), model.buffers(), truth.buffers()):
+        if b.dtype.is_floating_point:
+            _assert_no_worse_than_reference(c, b, t, name)
+        else:
+            assert torch.equal(c, b), name  # num_batches_tracked: updated exactly once per step
+
+
+@pytest.mark.parametrize("mode", ["lean", "recompute"])
+def test_eval_mode_uses_running_statistics(mode):
+    torch.manual_seed(1)
+    reference = Supernet(BUILTIN_SPACES["darts"], C=4, layers=4, mode="reference")
+    reference(torch.randn(4, 3, 8, 8))  # move the running statistics away from 0/1
+    model = copy.deepcopy(reference).set_mode(mode)
+    reference.eval(), model.eval()
+    x = torch.randn(2, 3, 8, 8)
+    torch.testing.assert_close(model(x), reference(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lean_with_each_backend(backend):
+    torch.manual_seed(2)
+    reference = Supernet(BUILTIN_SPACES["darts"], C=4, layers=3, mode="reference")
+    model = copy.deepcopy(reference).set_mode("lean", kernels=backend)
+    truth = copy.deepcopy(reference).double()
+    # BN over n = 4·4·4 values per channel in the last cells: fewer make fp32 rounding the dominant difference
+    x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
+    _assert_no_worse_than_reference(_step(model, x, y, 0), _step(reference, x, y, 0), _step(truth, x.double(), y, 0),
+                                    "logits")
+    for name in ("alpha_normal", "alpha_reduce"):
+        _assert_no_worse_than_reference(getattr(model, name).grad, getattr(reference, name).grad,
+                                        getattr(truth, name).grad, name)
+
+
+def test_recompute_supports_autograd_grad():
+    """DARTS' second-order step takes torch.autograd.grad w.r.t. the weights; recompute mode must give it."""
+    torch.manual_seed(3)
+    reference = Supernet(BUILTIN_SPACES["s3"], C=4, layers=3, mode="reference")
+    model = copy.deepcopy(reference).set_mode("recompute")
+    x, y = torch.randn(2, 3, 8, 8), torch.randint(0, 10, (2,))
+    truth = copy.deepcopy(reference).double()
+    ours = torch.autograd.grad(F.cross_entropy(model(x), y), list(model.weights()))
+    theirs = torch.autograd.grad(F.cross_entropy(reference(x), y), list(reference.weights()))
+    exact = torch.autograd.grad(F.cross_entropy(truth(x.double()), y), list(truth.weights()))
+    for i, (a, b, c) in enumerate(zip(ours, theirs, exact)):
+        _assert_no_worse_than_reference(a, b, c, f"weight {i}")
+
+
+def test_unknown_mode():
+    with pytest.raises(ValueError, match="unknown memory mode 'frugal'"):
+        Supernet(BUILTIN_SPACES["s2"], C=4, layers=3, mode="frugal")
