@@ -1,11 +1,15 @@
-"""The fused mixed sum behind one dispatcher: the compiled extension stacnas._C (C++ CPU, CUDA), the Triton kernels
+"""The fused ops behind one dispatcher: the compiled extension stacnas._C (C++ CPU, CUDA), the Triton kernels
 (`stacnas.kernels`), and the pure-PyTorch reference.
 
-    mixed_sum(x, w, mean=None, rstd=None) = sum_k w_k * (x_k - mean_k) * rstd_k      (mean, rstd: (K, C) per channel)
+    y, mean, var = mixed_sum(x, w, normalize, running_mean, running_var, training, eps)
+    y = sum_k w_k * o_k,   o_k = (x_k - mean_k) / sqrt(var_k + eps)  if normalize[k]  else x_k
 
-With mean/rstd None it is DARTS' weighted sum of candidate outputs; with the batch statistics of the candidates'
-trailing BatchNorm(affine=False) it folds that BN in (x_k is the BN's input, the normalized output never exists).
-The schema lives in csrc/ (TORCH_LIBRARY); this module adds `register_fake` (torch.compile) and `register_autograd`.
+A normalized term is the input of a trailing BatchNorm(affine=False) folded into the sum: its statistics are the
+batch's in training (returned, so the caller updates the BN's running statistics once) and the running ones in eval;
+the BN output o_k never exists. With every flag False it is DARTS' weighted sum of candidate outputs. mean and var
+are (K, C) (0 and 1 on plain rows) and carry no gradient.
+
+The schemas live in csrc/ (TORCH_LIBRARY); this module adds `register_fake` (torch.compile) and `register_autograd`.
 """
 from __future__ import annotations
 
@@ -32,41 +36,62 @@ def cuda_kernels_built() -> bool:
     return _EXT_ERROR is None and torch._C._dispatch_has_kernel_for_dispatch_key("stacnas::mixed_sum", "CUDA")
 
 
-def _channel_view(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def _channels(x: torch.Tensor) -> int:
+    return x.shape[1] if x.dim() >= 2 else 1
+
+
+def _per_channel(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """(C,) statistics broadcast against x (N, C, ...)."""
     return t.view(1, -1, *([1] * (x.dim() - 2))) if x.dim() >= 2 else t
 
 
-def reference_mixed_sum(x, w, mean=None, rstd=None):
-    """The oracle: sum_k w_k (x_k - mean_k) rstd_k with PyTorch ops and autograd."""
-    if mean is None:
-        return sum(wk * xk for wk, xk in zip(w, x))
-    return sum(wk * ((xk - _channel_view(m, xk)) * _channel_view(r, xk)) for wk, xk, m, r in zip(w, x, mean, rstd))
+def reference_mixed_sum(x, w, normalize, running_mean=None, running_var=None, training=True, eps=1e-5):
+    """The oracle, with PyTorch ops and autograd: what DARTS' MixedOp computes with each folded BN applied."""
+    C = _channels(x[0])
+    means, variances, y = [], [], 0
+    for k, (xk, wk, norm) in enumerate(zip(x, w, normalize)):
+        if not norm:
+            mean, var, o = xk.new_zeros(C), xk.new_ones(C), xk
+        else:
+            if training:
+                dims = [0] + list(range(2, xk.dim()))
+                var, mean = torch.var_mean(xk, dim=dims, correction=0)
+            else:
+                mean, var = running_mean[k], running_var[k]
+            o = (xk - _per_channel(mean, xk)) * _per_channel(torch.rsqrt(var + eps), xk)
+        means.append(mean.detach())
+        variances.append(var.detach())
+        y = y + wk * o
+    return y, torch.stack(means), torch.stack(variances)
 
 
 if _EXT_ERROR is None:
     @torch.library.register_fake("stacnas::mixed_sum")
-    def _(x, w, mean, rstd):
+    def _(x, w, normalize, running_mean, running_var, training, eps):
         torch._check(len(x) == w.shape[0], lambda: "mixed_sum: one weight per input")
-        return torch.empty_like(x[0], memory_format=torch.contiguous_format)
+        stats = w.new_empty(len(x), _channels(x[0]))
+        return torch.empty_like(x[0], memory_format=torch.contiguous_format), stats, torch.empty_like(stats)
 
     @torch.library.register_fake("stacnas::mixed_sum_backward")
-    def _(grad, x, w, mean, rstd):
-        channels = x[0].shape[1] if x[0].dim() >= 2 else 1
-        return ([torch.empty_like(grad, memory_format=torch.contiguous_format) for _ in x], torch.empty_like(w),
-                w.new_empty(len(x), channels), w.new_empty(len(x), channels))
+    def _(grad, x, w, normalize, mean, var, training, eps):
+        return [torch.empty_like(grad, memory_format=torch.contiguous_format) for _ in x], torch.empty_like(w)
+
+    @torch.library.register_fake("stacnas::max_pool2d_backward_from_output")
+    def _(grad, input, output, kernel_size, stride, padding):
+        return torch.empty_like(input, memory_format=torch.contiguous_format)
 
     def _setup_context(ctx, inputs, output):
-        x, w, mean, rstd = inputs
-        ctx.has_stats = mean is not None
-        ctx.save_for_backward(w, mean, rstd, *x)
+        x, w, normalize, _, _, training, eps = inputs
+        _, mean, var = output
+        ctx.mark_non_differentiable(mean, var)
+        ctx.normalize, ctx.training, ctx.eps = list(normalize), training, eps
+        ctx.save_for_backward(w, mean, var, *x)
 
-    def _backward(ctx, grad):
-        w, mean, rstd, *x = ctx.saved_tensors
-        grad_x, grad_w, grad_mean, grad_rstd = torch.ops.stacnas.mixed_sum_backward(grad, x, w, mean, rstd)
-        if not ctx.has_stats:
-            grad_mean = grad_rstd = None
-        return list(grad_x), grad_w, grad_mean, grad_rstd
+    def _backward(ctx, grad, _grad_mean, _grad_var):
+        w, mean, var, *x = ctx.saved_tensors
+        grad_x, grad_w = torch.ops.stacnas.mixed_sum_backward(grad, x, w, ctx.normalize, mean, var, ctx.training,
+                                                              ctx.eps)
+        return list(grad_x), grad_w, None, None, None, None, None
 
     torch.library.register_autograd("stacnas::mixed_sum", _backward, setup_context=_setup_context)
 
@@ -99,12 +124,25 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
     return backend
 
 
-def mixed_sum(x, w, mean=None, rstd=None, backend: str | None = None):
+def mixed_sum(x, w, normalize=None, running_mean=None, running_var=None, training=True, eps=1e-5,
+              backend: str | None = None):
+    """(y, mean, var): see the module docstring. normalize defaults to all False (a plain weighted sum)."""
+    normalize = [False] * len(x) if normalize is None else [bool(n) for n in normalize]
     backend = resolve_backend(backend, x[0].device)
     if backend == "reference":
-        return reference_mixed_sum(x, w, mean, rstd)
+        return reference_mixed_sum(x, w, normalize, running_mean, running_var, training, eps)
     if backend == "triton":
         from .kernels.mixed_sum import triton_mixed_sum
 
-        return triton_mixed_sum(list(x), w, mean, rstd)
-    return torch.ops.stacnas.mixed_sum(list(x), w, mean, rstd)
+        return triton_mixed_sum(list(x), w, normalize, running_mean, running_var, training, eps)
+    return torch.ops.stacnas.mixed_sum(list(x), w, normalize, running_mean, running_var, training, eps)
+
+
+def max_pool2d_backward_from_output(grad, input, output, kernel_size, stride, padding):
+    """Gradient of max_pool2d w.r.t. its input, each window's argmax found by comparing input and output (the
+    first maximum in row-major order, or the last NaN, as PyTorch's kernels choose): no indices need be kept."""
+    if _EXT_ERROR is None and (input.device.type == "cpu" or cuda_kernels_built()):
+        return torch.ops.stacnas.max_pool2d_backward_from_output(grad, input, output, kernel_size, stride, padding)
+    _, indices = torch.nn.functional.max_pool2d(input, kernel_size, stride, padding, return_indices=True)
+    return torch.ops.aten.max_pool2d_with_indices_backward(grad, input, kernel_size, stride, padding, [1, 1], False,
+                                                           indices)

@@ -54,7 +54,7 @@ class NormReLUConv(torch.autograd.Function):
             [need_x, ctx.needs_input_grad[3], False])
         if not need_x:
             return None, None, None, grad_weight, None, None, None, None, None
-        grad_xhat = grad_act.masked_fill_(xhat <= 0, 0)
+        grad_xhat = torch.ops.aten.threshold_backward(grad_act, act, 0)
         if mean is None:
             return grad_xhat, None, None, grad_weight, None, None, None, None, None
         dims = [0] + list(range(2, x.dim()))
@@ -69,23 +69,22 @@ def _pair(v):
 
 
 class MaxPoolNoIndices(torch.autograd.Function):
-    """3×3 max-pool whose backward recomputes the argmax from the input instead of keeping int64 indices."""
+    """3×3 max-pool that keeps no int64 indices: backward finds each argmax by comparing input and output, both of
+    which are kept anyway (the input is a node state, the output the folded BN's input)."""
 
     @staticmethod
     def forward(ctx, x, stride):
-        ctx.save_for_backward(x)
+        out = F.max_pool2d(x, 3, stride, 1)
+        ctx.save_for_backward(x, out)
         ctx.stride = stride
-        return F.max_pool2d(x, 3, stride, 1)
+        return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        (x,) = ctx.saved_tensors
+        x, out = ctx.saved_tensors
         s = ctx.stride
-        _, indices = F.max_pool2d(x, 3, s, 1, return_indices=True)
-        grad_x = torch.ops.aten.max_pool2d_with_indices_backward(grad, x, [3, 3], [s, s], [1, 1], [1, 1], False,
-                                                                 indices)
-        return grad_x, None
+        return fused.max_pool2d_backward_from_output(grad, x, out, [3, 3], [s, s], [1, 1]), None
 
 
 def batch_stats(bn: nn.BatchNorm2d, z: torch.Tensor):
@@ -93,12 +92,7 @@ def batch_stats(bn: nn.BatchNorm2d, z: torch.Tensor):
     if bn.training or not bn.track_running_stats:
         var, mean = torch.var_mean(z, dim=[0] + list(range(2, z.dim())), correction=0)
         if bn.training and bn.track_running_stats:
-            with torch.no_grad():
-                bn.num_batches_tracked.add_(1)
-                factor = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-                n = z.numel() // z.shape[1]
-                bn.running_mean.mul_(1 - factor).add_(mean, alpha=factor)
-                bn.running_var.mul_(1 - factor).add_(var * (n / max(n - 1, 1)), alpha=factor)
+            _update_running_stats(bn, mean.detach(), var.detach(), z.numel() // z.shape[1])
         return mean, torch.rsqrt(var + bn.eps)
     return bn.running_mean, torch.rsqrt(bn.running_var + bn.eps)
 
@@ -145,7 +139,7 @@ def lean_term(op: nn.Module, h: torch.Tensor, relu_h):
 def lean_node(edges, states, weights, backend=None):
     """One node: sum over its incoming edges (edges[j] reads states[j]) of sum_k weights[j, k] · op_jk(states[j])."""
     relu_cache = {}
-    xs, w_index, means, rstds = [], [], [], []
+    xs, bns, w_index = [], [], []
     for j, (edge, h) in enumerate(zip(edges, states)):
         def relu_h(h=h, j=j):
             if j not in relu_cache:
@@ -155,17 +149,34 @@ def lean_node(edges, states, weights, backend=None):
             if isinstance(op, Zero):
                 continue
             x, bn = lean_term(op, h, relu_h)
-            if bn is None:
-                mean, rstd = x.new_zeros(x.shape[1]), x.new_ones(x.shape[1])
-            else:
-                mean, rstd = batch_stats(bn, x)
             xs.append(x)
+            bns.append(bn)
             w_index.append((j, k))
-            means.append(mean)
-            rstds.append(rstd)
     rows, cols = zip(*w_index)
-    w = weights[list(rows), list(cols)]
-    return fused.mixed_sum(xs, w, torch.stack(means), torch.stack(rstds), backend=backend)
+    normalize = [bn is not None for bn in bns]
+    training = any(bn.training or not bn.track_running_stats for bn in bns if bn is not None)
+    eps = next((bn.eps for bn in bns if bn is not None), 1e-5)
+    running_mean = running_var = None
+    if not training and any(normalize):
+        C = xs[0].shape[1]
+        running_mean = torch.stack([bn.running_mean if bn is not None else xs[0].new_zeros(C) for bn in bns])
+        running_var = torch.stack([bn.running_var if bn is not None else xs[0].new_ones(C) for bn in bns])
+    y, mean, var = fused.mixed_sum(xs, weights[list(rows), list(cols)], normalize, running_mean, running_var,
+                                   training, eps, backend=backend)
+    if training:
+        n = xs[0].numel() // xs[0].shape[1]
+        for k, bn in enumerate(bns):
+            if bn is not None and bn.training and bn.track_running_stats:
+                _update_running_stats(bn, mean[k], var[k], n)
+    return y
+
+
+def _update_running_stats(bn: nn.BatchNorm2d, mean, var, n):
+    with torch.no_grad():
+        bn.num_batches_tracked.add_(1)
+        factor = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+        bn.running_mean.mul_(1 - factor).add_(mean, alpha=factor)
+        bn.running_var.mul_(1 - factor).add_(var * (n / max(n - 1, 1)), alpha=factor)
 
 
 # ---- recompute ---------------------------------------------------------------------------------------------

@@ -1,113 +1,150 @@
-"""The compiled mixed-sum op against the PyTorch reference: random data, odd shapes, non-contiguous inputs, fp64
+"""The compiled fused ops against the PyTorch reference: random data, odd shapes, non-contiguous inputs, fp64
 gradcheck, opcheck. On CPU here (C++); the same tests run the CUDA kernels when a GPU is visible."""
 import pytest
 import torch
+import torch.nn.functional as F
 
 from stacnas import fused
 
 pytestmark = pytest.mark.skipif(fused.extension_error() is not None, reason="stacnas._C is not built")
 
 DEVICES = ["cpu"] + (["cuda"] if fused.cuda_kernels_built() and torch.cuda.is_available() else [])
-SHAPES = [(5,), (3, 5, 7), (2, 17, 9, 11), (3, 7, 61, 67)]  # the last spans many elements per channel
+SHAPES = [(5, 3), (3, 5, 7), (2, 17, 9, 11), (3, 7, 61, 67)]  # the last spans many elements per channel
+FLAGS = {"plain": [False, False, False], "mixed": [True, False, True], "all": [True, True, True]}
 
 
 def _backend(device):
     return "cuda" if device == "cuda" else "cpp"
 
 
-def _inputs(shape, K, dtype, device, seed=0, contiguous=True, stats=True):
+def _inputs(shape, K, dtype, device, seed=0, contiguous=True):
     g = torch.Generator().manual_seed(seed)
     if contiguous:
-        xs = [torch.randn(shape, generator=g, dtype=torch.float64) for _ in range(K)]
+        xs = [torch.randn(shape, generator=g, dtype=torch.float64) * 3 + 1 for _ in range(K)]
     else:  # same shape, transposed storage
-        xs = [torch.randn(tuple(reversed(shape)), generator=g, dtype=torch.float64).permute(
+        xs = [(torch.randn(tuple(reversed(shape)), generator=g, dtype=torch.float64) * 3 + 1).permute(
             *reversed(range(len(shape)))) for _ in range(K)]
     w = torch.randn(K, generator=g, dtype=torch.float64)
-    C = shape[1] if len(shape) >= 2 else 1
-    mean = torch.randn(K, C, generator=g, dtype=torch.float64) if stats else None
-    rstd = torch.rand(K, C, generator=g, dtype=torch.float64) + 0.5 if stats else None
-    to = lambda t: None if t is None else t.to(device, dtype).requires_grad_()  # noqa: E731
-    return [to(x) for x in xs], to(w), to(mean), to(rstd)
-
-
-def _grads(out, inputs, grad):
-    inputs = [t for t in inputs if t is not None]
-    return torch.autograd.grad(out, inputs, grad)
+    C = shape[1]
+    running = (torch.randn(K, C, generator=g, dtype=torch.float64), torch.rand(K, C, generator=g, dtype=torch.float64)
+               + 0.5)
+    to = lambda t: t.to(device, dtype)  # noqa: E731
+    return [to(x).requires_grad_() for x in xs], to(w).requires_grad_(), tuple(to(r) for r in running)
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("K", [1, 3, 10])
+@pytest.mark.parametrize("flags", sorted(FLAGS))
+@pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("contiguous", [True, False])
-@pytest.mark.parametrize("stats", [True, False])
-def test_matches_reference_fp32(device, shape, K, contiguous, stats):
-    xs, w, mean, rstd = _inputs(shape, K, torch.float32, device, contiguous=contiguous, stats=stats)
-    y = fused.mixed_sum(xs, w, mean, rstd, backend=_backend(device))
-    expected = fused.reference_mixed_sum(xs, w, mean, rstd)
-    torch.testing.assert_close(y, expected, rtol=1e-5, atol=1e-5)
-    grad = torch.randn_like(expected)
-    ours = _grads(y, [*xs, w, mean, rstd], grad)
-    theirs = _grads(expected, [*xs, w, mean, rstd], grad)
-    # dw, dmean, drstd are sums over many elements: compare with float64 truth, within fp32 rounding of the terms
-    exact = _grads(fused.reference_mixed_sum([x.double() for x in xs], w.double(),
-                                             None if mean is None else mean.double(),
-                                             None if rstd is None else rstd.double()),
-                   [*xs, w, mean, rstd], grad.double())
-    for i, (o, t, e) in enumerate(zip(ours, theirs, exact)):
-        if i < K:  # dx_k = w_k rstd_k g: elementwise
-            torch.testing.assert_close(o, t, rtol=1e-5, atol=1e-6)
-        else:
-            scale = (grad.double().abs().sum() * max(x.double().abs().max() for x in xs)).item()
-            assert (o.double() - e.double()).abs().max() <= 1e-6 * scale
-            assert (t.double() - e.double()).abs().max() <= 1e-6 * scale  # the bound is fair to PyTorch too
+def test_matches_reference_fp32(device, shape, flags, training, contiguous):
+    normalize = FLAGS[flags]
+    xs, w, (rm, rv) = _inputs(shape, len(normalize), torch.float32, device, contiguous=contiguous)
+    args = (normalize, rm, rv, training, 1e-5)
+    y, mean, var = fused.mixed_sum(xs, w, *args, backend=_backend(device))
+    y_ref, mean_ref, var_ref = fused.reference_mixed_sum(xs, w, *args)
+    torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(mean, mean_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(var, var_ref, rtol=1e-5, atol=1e-6)
+    grad = torch.randn_like(y)
+    ours = torch.autograd.grad(y, [*xs, w], grad)
+    theirs = torch.autograd.grad(y_ref, [*xs, w], grad)
+    truth = torch.autograd.grad(fused.reference_mixed_sum([x.double() for x in xs], w.double(), normalize,
+                                                          rm.double(), rv.double(), training, 1e-5)[0],
+                                [*xs, w], grad.double())
+    for name, o, t, e in zip([f"x{k}" for k in range(len(xs))] + ["w"], ours, theirs, truth):
+        # against the fp64 truth: within 1e-5 of the largest entry, or no worse than twice PyTorch's fp32 error
+        err, ref_err = (o.double() - e).abs().max().item(), (t.double() - e).abs().max().item()
+        assert err <= max(2 * ref_err, 1e-5 * e.abs().max().item()), f"{name}: {err} vs {ref_err}"
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("seed", [0, 1, 2])
-@pytest.mark.parametrize("stats", [True, False])
-def test_gradcheck_fp64(device, seed, stats):
-    xs, w, mean, rstd = _inputs((2, 3, 5), 4, torch.float64, device, seed=seed, stats=stats)
-    if stats:
-        fn = lambda w, m, r, *x: fused.mixed_sum(list(x), w, m, r, backend=_backend(device))  # noqa: E731
-        assert torch.autograd.gradcheck(fn, (w, mean, rstd, *xs))
-    else:
-        fn = lambda w, *x: fused.mixed_sum(list(x), w, backend=_backend(device))  # noqa: E731
-        assert torch.autograd.gradcheck(fn, (w, *xs))
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("flags", sorted(FLAGS))
+@pytest.mark.parametrize("training", [True, False])
+def test_gradcheck_fp64(device, seed, flags, training):
+    normalize = FLAGS[flags]
+    xs, w, (rm, rv) = _inputs((2, 3, 5), len(normalize), torch.float64, device, seed=seed)
+
+    def fn(w, *x):
+        return fused.mixed_sum(list(x), w, normalize, rm, rv, training, 1e-5, backend=_backend(device))[0]
+
+    assert torch.autograd.gradcheck(fn, (w, *xs))
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("shape, K, stats", [((3, 5, 7), 2, True), ((2, 4, 3, 3), 5, False), ((4, 6), 3, True)])
-def test_opcheck(device, shape, K, stats):
-    xs, w, mean, rstd = _inputs(shape, K, torch.float32, device, stats=stats)
-    torch.library.opcheck(torch.ops.stacnas.mixed_sum.default, (xs, w, mean, rstd))
+@pytest.mark.parametrize("shape, flags, training", [((3, 5, 7), "mixed", True), ((2, 4, 3, 3), "all", False),
+                                                    ((4, 6), "plain", True)])
+def test_opcheck(device, shape, flags, training):
+    normalize = FLAGS[flags]
+    xs, w, (rm, rv) = _inputs(shape, len(normalize), torch.float32, device)
+    torch.library.opcheck(torch.ops.stacnas.mixed_sum.default, (xs, w, normalize, rm, rv, training, 1e-5))
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_low_precision_no_worse_than_torch(device, dtype):
-    xs, w, mean, rstd = _inputs((4, 33, 17, 5), 6, torch.float32, device)
-    exact = fused.reference_mixed_sum(xs, w, mean, rstd).detach()
-    low = [t.detach().to(dtype) for t in (*xs, w, mean, rstd)]
-    ours = fused.mixed_sum(low[:6], *low[6:], backend=_backend(device)).float()
-    theirs = fused.reference_mixed_sum(low[:6], *low[6:]).float()
+    normalize = FLAGS["mixed"]
+    xs, w, (rm, rv) = _inputs((4, 33, 17, 5), 3, torch.float32, device)
+    exact = fused.reference_mixed_sum([x.detach() for x in xs], w.detach(), normalize, rm, rv)[0]
+    low = [x.detach().to(dtype) for x in xs]
+    ours = fused.mixed_sum(low, w.detach().to(dtype), normalize, backend=_backend(device))[0].float()
+    theirs = fused.reference_mixed_sum(low, w.detach().to(dtype), normalize)[0].float()
     assert (ours - exact).abs().max() <= 2 * (theirs - exact).abs().max()
 
 
+def test_eval_mode_uses_running_statistics():
+    xs, w, (rm, rv) = _inputs((3, 4, 5), 3, torch.float64, "cpu")
+    y, mean, var = fused.mixed_sum(xs, w, [True, False, True], rm, rv, False, 1e-5, backend="cpp")
+    expected = sum(wk * ((x - m.view(1, -1, 1)) / (v.view(1, -1, 1) + 1e-5).sqrt() if n else x)
+                   for wk, x, m, v, n in zip(w, xs, rm, rv, [True, False, True]))
+    torch.testing.assert_close(y, expected)
+    assert torch.equal(mean[1], torch.zeros(4, dtype=torch.float64)) and torch.equal(mean[0], rm[0])
+
+
+def test_training_statistics_are_the_batch_statistics():
+    xs, w, _ = _inputs((6, 4, 5, 3), 2, torch.float64, "cpu")
+    _, mean, var = fused.mixed_sum(xs, w, [True, True], backend="cpp")
+    for k, x in enumerate(xs):
+        torch.testing.assert_close(mean[k], x.mean((0, 2, 3)))
+        torch.testing.assert_close(var[k], x.var((0, 2, 3), unbiased=False))
+
+
 def test_bad_arguments_are_named():
-    xs, w, mean, rstd = _inputs((3, 4), 2, torch.float32, "cpu")
+    xs, w, (rm, rv) = _inputs((3, 4), 2, torch.float32, "cpu")
     with torch.no_grad():
         with pytest.raises(RuntimeError, match="one entry per input"):
-            torch.ops.stacnas.mixed_sum(xs, w[:1], None, None)
+            torch.ops.stacnas.mixed_sum(xs, w[:1], [False, False], None, None, True, 1e-5)
+        with pytest.raises(RuntimeError, match="one flag per input"):
+            torch.ops.stacnas.mixed_sum(xs, w, [False], None, None, True, 1e-5)
         with pytest.raises(RuntimeError, match="same shape"):
-            torch.ops.stacnas.mixed_sum([xs[0], xs[1][:2]], w, None, None)
+            torch.ops.stacnas.mixed_sum([xs[0], xs[1][:2]], w, [False, False], None, None, True, 1e-5)
+        with pytest.raises(RuntimeError, match="needs running_mean and running_var"):
+            torch.ops.stacnas.mixed_sum(xs, w, [True, False], None, None, False, 1e-5)
         with pytest.raises(RuntimeError, match=r"shape \(inputs, channels\) = \(2, 4\)"):
-            torch.ops.stacnas.mixed_sum(xs, w, mean[:, :3], rstd[:, :3])
-        with pytest.raises(RuntimeError, match="both mean and rstd"):
-            torch.ops.stacnas.mixed_sum(xs, w, mean, None)
+            torch.ops.stacnas.mixed_sum(xs, w, [True, False], rm[:, :3], rv[:, :3], False, 1e-5)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("size", [(7, 9), (8, 8)])
+@pytest.mark.parametrize("ties", [False, True])
+def test_max_pool_backward_from_output(device, stride, size, ties):
+    torch.manual_seed(stride)
+    x = torch.randn(2, 3, *size, dtype=torch.float64, device=device)
+    if ties:  # plateaus and NaNs: the argmax must be the one PyTorch's kernel picks
+        x = x.round()
+        x[0, 0, 2, 3] = float("nan")
+        x[1, 2, :, 0] = float("-inf")
+    out, indices = F.max_pool2d(x, 3, stride, 1, return_indices=True)
+    grad = torch.randn_like(out)
+    expected = torch.ops.aten.max_pool2d_with_indices_backward(grad, x, [3, 3], [stride] * 2, [1, 1], [1, 1], False,
+                                                               indices)
+    ours = torch.ops.stacnas.max_pool2d_backward_from_output(grad, x, out, [3, 3], [stride] * 2, [1, 1])
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-12)
 
 
 def test_backend_choice(monkeypatch):
-    xs, w, _, _ = _inputs((3, 4), 2, torch.float32, "cpu", stats=False)
     monkeypatch.setenv("STACNAS_KERNELS", "reference")
     assert fused.resolve_backend(None, torch.device("cpu")) == "reference"
     monkeypatch.setenv("STACNAS_KERNELS", "auto")
@@ -121,7 +158,8 @@ def test_backend_choice(monkeypatch):
 
 
 def test_works_under_torch_compile():
-    xs, w, mean, rstd = [t.detach() if isinstance(t, torch.Tensor) else [x.detach() for x in t]
-                         for t in _inputs((3, 5, 2), 3, torch.float32, "cpu")]
-    compiled = torch.compile(lambda x, w, m, r: fused.mixed_sum(x, w, m, r, backend="cpp") * 2, fullgraph=True)
-    torch.testing.assert_close(compiled(xs, w, mean, rstd), 2 * fused.reference_mixed_sum(xs, w, mean, rstd))
+    xs, w, (rm, rv) = _inputs((3, 5, 2), 3, torch.float32, "cpu")
+    xs, w = [x.detach() for x in xs], w.detach()
+    normalize = FLAGS["mixed"]
+    compiled = torch.compile(lambda x, w: fused.mixed_sum(x, w, normalize, backend="cpp")[0] * 2, fullgraph=True)
+    torch.testing.assert_close(compiled(xs, w), 2 * fused.reference_mixed_sum(xs, w, normalize)[0])

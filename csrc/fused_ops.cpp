@@ -1,0 +1,314 @@
+// stacnas._C: schemas of the fused ops and their CPU kernels (the math is in fused_ops.h).
+//
+// Forward: per normalized input one pass for its batch statistics, then one pass writing y.
+// Backward: one pass for the channel sums S_c = sum g and T_kc = sum g x_k, one pass writing every dx_k.
+// Sums accumulate in double, each channel in one thread, so results do not depend on the thread count.
+#include <Python.h>
+
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/NumericUtils.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <vector>
+
+#include "fused_ops.h"
+
+extern "C" {
+// Importing stacnas._C loads this library and so registers the ops; it exposes no Python functions.
+PyObject* PyInit__C(void) {
+  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
+  return PyModule_Create(&module_def);
+}
+}
+
+namespace stacnas {
+
+std::vector<at::Tensor> contiguous_all(at::TensorList xs) {
+  std::vector<at::Tensor> out;
+  out.reserve(xs.size());
+  for (const auto& x : xs) out.push_back(x.contiguous());
+  return out;
+}
+
+std::vector<bool> flags(const c10::List<bool>& list) {
+  std::vector<bool> out;
+  for (const bool b : list) out.push_back(b);
+  return out;
+}
+
+MixedSumShape check_mixed_sum_args(const std::vector<at::Tensor>& x, const at::Tensor& w,
+                                   const std::vector<bool>& normalize) {
+  TORCH_CHECK(!x.empty(), "mixed_sum: needs at least one input tensor");
+  const auto K = static_cast<int64_t>(x.size());
+  TORCH_CHECK(w.dim() == 1 && w.size(0) == K, "mixed_sum: weights must be 1-D with one entry per input, got shape ",
+              w.sizes(), " for ", K, " inputs");
+  TORCH_CHECK(static_cast<int64_t>(normalize.size()) == K, "mixed_sum: normalize needs one flag per input, got ",
+              normalize.size(), " for ", K, " inputs");
+  for (const auto& t : x) {
+    TORCH_CHECK(t.sizes() == x[0].sizes(), "mixed_sum: all inputs must have the same shape, got ", t.sizes(),
+                " and ", x[0].sizes());
+    TORCH_CHECK(t.scalar_type() == w.scalar_type() && t.device() == w.device(),
+                "mixed_sum: inputs and weights must share dtype and device");
+  }
+  MixedSumShape s{1, 1, 1};
+  if (x[0].dim() >= 1) s.outer = x[0].size(0);
+  if (x[0].dim() >= 2) s.channels = x[0].size(1);
+  s.inner = s.outer * s.channels == 0 ? 0 : x[0].numel() / (s.outer * s.channels);
+  return s;
+}
+
+at::Tensor mixed_sum_rstd(const at::Tensor& var, const std::vector<bool>& normalize, double eps) {
+  auto rstd = (var.to(at::kDouble) + eps).rsqrt();
+  for (size_t k = 0; k < normalize.size(); ++k)
+    if (!normalize[k]) rstd[k].fill_(1.0);
+  return rstd;
+}
+
+std::pair<at::Tensor, at::Tensor> mixed_sum_stats(
+    const std::vector<at::Tensor>& x, const std::vector<bool>& normalize, const c10::optional<at::Tensor>& running_mean,
+    const c10::optional<at::Tensor>& running_var, bool training, int64_t C,
+    const std::function<std::pair<at::Tensor, at::Tensor>(const at::Tensor&)>& batch_stats) {
+  const int64_t K = static_cast<int64_t>(x.size());
+  auto opts = x[0].options().dtype(at::kDouble);
+  auto mean = at::zeros({K, C}, opts), var = at::ones({K, C}, opts);
+  for (int64_t k = 0; k < K; ++k) {
+    if (!normalize[k]) continue;
+    if (training) {
+      auto [m, v] = batch_stats(x[k]);
+      mean[k].copy_(m);
+      var[k].copy_(v);
+    } else {
+      TORCH_CHECK(running_mean.has_value() && running_var.has_value(),
+                  "mixed_sum: eval mode with normalized inputs needs running_mean and running_var");
+      TORCH_CHECK(running_mean->sizes() == mean.sizes() && running_var->sizes() == var.sizes(),
+                  "mixed_sum: running statistics must have shape (inputs, channels) = (", K, ", ", C, ")");
+      mean[k].copy_((*running_mean)[k]);
+      var[k].copy_((*running_var)[k]);
+    }
+  }
+  return {mean, var};
+}
+
+MixedSumBackwardCoefficients mixed_sum_backward_coefficients(const at::Tensor& S, const at::Tensor& T,
+                                                             const at::Tensor& w, const std::vector<bool>& normalize,
+                                                             const at::Tensor& mean_in, const at::Tensor& var,
+                                                             bool training, double eps, int64_t n) {
+  const auto mean = mean_in.to(at::kDouble);
+  const auto rstd = mixed_sum_rstd(var, normalize, eps);
+  const auto wd = w.to(at::kDouble).view({-1, 1});
+  const auto Sv = S.view({1, -1});
+  const auto centered = T - mean * Sv;  // sum g (x - mean), per (k, c)
+  const auto A = wd * rstd;
+  auto P = at::zeros_like(A), Q = at::zeros_like(A);
+  if (training && n > 0) {
+    // dx = A (g - S/n - xhat G/n), G = sum g xhat = rstd * centered, xhat = (x - mean) rstd
+    const auto G = rstd * centered;
+    auto p = -A * rstd * G / static_cast<double>(n);
+    auto q = -A * Sv / static_cast<double>(n) - p * mean;
+    for (size_t k = 0; k < normalize.size(); ++k) {
+      if (!normalize[k]) continue;
+      P[k].copy_(p[k]);
+      Q[k].copy_(q[k]);
+    }
+  }
+  return {(rstd * centered).sum(1), A, P, Q};
+}
+
+namespace {
+
+std::pair<at::Tensor, at::Tensor> channel_stats_cpu(const at::Tensor& x, const MixedSumShape& s) {
+  auto mean = at::empty({s.channels}, at::dtype(at::kDouble)), var = at::empty({s.channels}, at::dtype(at::kDouble));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "channel_stats_cpu", [&] {
+    const scalar_t* p = x.const_data_ptr<scalar_t>();
+    double* mp = mean.mutable_data_ptr<double>();
+    double* vp = var.mutable_data_ptr<double>();
+    at::parallel_for(0, s.channels, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        double sum = 0, sumsq = 0;
+        for (int64_t n = 0; n < s.outer; ++n) {
+          const scalar_t* row = p + (n * s.channels + c) * s.inner;
+          for (int64_t i = 0; i < s.inner; ++i) {
+            const double v = static_cast<double>(row[i]);
+            sum += v;
+            sumsq += v * v;
+          }
+        }
+        const double count = static_cast<double>(std::max<int64_t>(s.per_channel(), 1));
+        mp[c] = sum / count;
+        vp[c] = std::max(sumsq / count - mp[c] * mp[c], 0.0);
+      }
+    });
+  });
+  return {mean, var};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mixed_sum_cpu(at::TensorList x_in, const at::Tensor& w,
+                                                             const c10::List<bool>& normalize_list,
+                                                             const c10::optional<at::Tensor>& running_mean,
+                                                             const c10::optional<at::Tensor>& running_var,
+                                                             bool training, double eps) {
+  const auto x = contiguous_all(x_in);
+  const auto normalize = flags(normalize_list);
+  const auto s = check_mixed_sum_args(x, w, normalize);
+  const int64_t K = static_cast<int64_t>(x.size());
+  const int64_t C = s.channels;
+  auto [mean, var] = mixed_sum_stats(x, normalize, running_mean, running_var, training, C,
+                                     [&](const at::Tensor& t) { return channel_stats_cpu(t, s); });
+  const auto rstd = mixed_sum_rstd(var, normalize, eps);
+  const auto a_all = w.to(at::kDouble).view({K, 1}) * rstd;  // y = sum_k a_kc x_k + b_c
+  const auto b_all = -(a_all * mean).sum(0);
+  auto y = at::empty_like(x[0], at::MemoryFormat::Contiguous);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "mixed_sum_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto a_acc = a_all.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+    const auto b_acc = b_all.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+    const acc_t* a = a_acc.const_data_ptr<acc_t>();
+    const acc_t* b = b_acc.const_data_ptr<acc_t>();
+    scalar_t* dst = y.mutable_data_ptr<scalar_t>();
+    // One (n, c) plane per task: the coefficients are constant along it.
+    at::parallel_for(0, s.outer * C, 1, [&](int64_t p0, int64_t p1) {
+      std::vector<acc_t> row(s.inner);
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t c = p % C;
+        const int64_t base = p * s.inner;
+        std::fill(row.begin(), row.end(), b[c]);
+        for (int64_t k = 0; k < K; ++k) {
+          const acc_t ak = a[k * C + c];
+          const scalar_t* xk = x[k].const_data_ptr<scalar_t>() + base;
+          for (int64_t i = 0; i < s.inner; ++i) row[i] += ak * static_cast<acc_t>(xk[i]);
+        }
+        for (int64_t i = 0; i < s.inner; ++i) dst[base + i] = static_cast<scalar_t>(row[i]);
+      }
+    });
+  });
+  return {y, mean.to(w.scalar_type()), var.to(w.scalar_type())};
+}
+
+std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_sum_backward_cpu(
+    const at::Tensor& grad_in, at::TensorList x_in, const at::Tensor& w, const c10::List<bool>& normalize_list,
+    const at::Tensor& mean, const at::Tensor& var, bool training, double eps) {
+  const auto x = contiguous_all(x_in);
+  const auto normalize = flags(normalize_list);
+  const auto s = check_mixed_sum_args(x, w, normalize);
+  const auto grad = grad_in.contiguous();
+  TORCH_CHECK(grad.sizes() == x[0].sizes(), "mixed_sum_backward: grad shape ", grad.sizes(),
+              " differs from the inputs' ", x[0].sizes());
+  const int64_t K = static_cast<int64_t>(x.size());
+  const int64_t C = s.channels;
+  auto S = at::zeros({C}, at::dtype(at::kDouble));
+  auto T = at::zeros({K, C}, at::dtype(at::kDouble));
+  std::vector<at::Tensor> grad_x;
+  for (int64_t k = 0; k < K; ++k) grad_x.push_back(at::empty_like(grad, at::MemoryFormat::Contiguous));
+  at::Tensor grad_w;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "mixed_sum_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* g = grad.const_data_ptr<scalar_t>();
+    double* Sp = S.mutable_data_ptr<double>();
+    double* Tp = T.mutable_data_ptr<double>();
+    at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        for (int64_t n = 0; n < s.outer; ++n) {
+          const int64_t base = (n * C + c) * s.inner;
+          double sg = 0;
+          for (int64_t i = 0; i < s.inner; ++i) sg += static_cast<double>(g[base + i]);
+          Sp[c] += sg;
+          for (int64_t k = 0; k < K; ++k) {
+            const scalar_t* xk = x[k].const_data_ptr<scalar_t>() + base;
+            double t = 0;
+            for (int64_t i = 0; i < s.inner; ++i) t += static_cast<double>(g[base + i]) * static_cast<double>(xk[i]);
+            Tp[k * C + c] += t;
+          }
+        }
+      }
+    });
+    const auto coef = mixed_sum_backward_coefficients(S, T, w, normalize, mean, var, training, eps,
+                                                      s.per_channel());
+    const auto A = coef.A.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+    const auto P = coef.P.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+    const auto Q = coef.Q.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+    at::parallel_for(0, s.outer * C, 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const int64_t c = p % C;
+        const int64_t base = p * s.inner;
+        for (int64_t k = 0; k < K; ++k) {
+          const acc_t a = A.const_data_ptr<acc_t>()[k * C + c];
+          const acc_t pk = P.const_data_ptr<acc_t>()[k * C + c];
+          const acc_t q = Q.const_data_ptr<acc_t>()[k * C + c];
+          const scalar_t* xk = x[k].const_data_ptr<scalar_t>() + base;
+          scalar_t* dk = grad_x[k].mutable_data_ptr<scalar_t>() + base;
+          for (int64_t i = 0; i < s.inner; ++i)
+            dk[i] = static_cast<scalar_t>(a * static_cast<acc_t>(g[base + i]) + pk * static_cast<acc_t>(xk[i]) + q);
+        }
+      }
+    });
+    grad_w = coef.dw.to(w.scalar_type());
+  });
+  return {grad_x, grad_w};
+}
+
+// Max-pool backward that finds each window's argmax by comparing the input with the pooled output, as the
+// forward kernel chose it: the first maximum in row-major order, or the last NaN. No indices need be kept.
+at::Tensor max_pool2d_backward_from_output_cpu(const at::Tensor& grad_in, const at::Tensor& input_in,
+                                               const at::Tensor& output_in, at::IntArrayRef kernel_size,
+                                               at::IntArrayRef stride, at::IntArrayRef padding) {
+  TORCH_CHECK(input_in.dim() == 4 && output_in.dim() == 4 && grad_in.sizes() == output_in.sizes(),
+              "max_pool2d_backward_from_output: expects 4-D input and output with grad shaped like the output");
+  const auto input = input_in.contiguous(), output = output_in.contiguous(), grad = grad_in.contiguous();
+  auto grad_input = at::zeros_like(input, at::MemoryFormat::Contiguous);
+  const int64_t planes = input.size(0) * input.size(1), H = input.size(2), W = input.size(3);
+  const int64_t OH = output.size(2), OW = output.size(3);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "max_pool_backward_cpu", [&] {
+    at::parallel_for(0, planes, 1, [&](int64_t p0, int64_t p1) {
+      for (int64_t p = p0; p < p1; ++p) {
+        const scalar_t* in = input.const_data_ptr<scalar_t>() + p * H * W;
+        const scalar_t* out = output.const_data_ptr<scalar_t>() + p * OH * OW;
+        const scalar_t* g = grad.const_data_ptr<scalar_t>() + p * OH * OW;
+        scalar_t* gi = grad_input.mutable_data_ptr<scalar_t>() + p * H * W;
+        for (int64_t oh = 0; oh < OH; ++oh) {
+          const int64_t h0 = std::max<int64_t>(oh * stride[0] - padding[0], 0);
+          const int64_t h1 = std::min<int64_t>(oh * stride[0] - padding[0] + kernel_size[0], H);
+          for (int64_t ow = 0; ow < OW; ++ow) {
+            const int64_t w0 = std::max<int64_t>(ow * stride[1] - padding[1], 0);
+            const int64_t w1 = std::min<int64_t>(ow * stride[1] - padding[1] + kernel_size[1], W);
+            const scalar_t target = out[oh * OW + ow];
+            const bool nan = at::_isnan(target);
+            int64_t arg = h0 * W + w0;
+            bool found = false;
+            for (int64_t ih = h0; ih < h1 && (nan || !found); ++ih)
+              for (int64_t iw = w0; iw < w1 && (nan || !found); ++iw) {
+                const scalar_t v = in[ih * W + iw];
+                if (nan ? at::_isnan(v) : v == target) {
+                  arg = ih * W + iw;
+                  found = true;
+                }
+              }
+            gi[arg] += g[oh * OW + ow];
+          }
+        }
+      }
+    });
+  });
+  return grad_input;
+}
+
+}  // namespace
+
+TORCH_LIBRARY(stacnas, m) {
+  m.def("mixed_sum(Tensor[] x, Tensor w, bool[] normalize, Tensor? running_mean, Tensor? running_var, "
+        "bool training, float eps) -> (Tensor, Tensor, Tensor)");
+  m.def("mixed_sum_backward(Tensor grad, Tensor[] x, Tensor w, bool[] normalize, Tensor mean, Tensor var, "
+        "bool training, float eps) -> (Tensor[], Tensor)");
+  m.def("max_pool2d_backward_from_output(Tensor grad, Tensor input, Tensor output, int[2] kernel_size, "
+        "int[2] stride, int[2] padding) -> Tensor");
+}
+
+TORCH_LIBRARY_IMPL(stacnas, CPU, m) {
+  m.impl("mixed_sum", &mixed_sum_cpu);
+  m.impl("mixed_sum_backward", &mixed_sum_backward_cpu);
+  m.impl("max_pool2d_backward_from_output", &max_pool2d_backward_from_output_cpu);
+}
+
+}  // namespace stacnas

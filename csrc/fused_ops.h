@@ -1,0 +1,55 @@
+#pragma once
+// Shared pieces of the fused kernels (CPU in fused_ops.cpp, CUDA in cuda/fused_ops_kernel.cu).
+//
+// mixed_sum(x[K], w[K], normalize[K], running_mean?, running_var?, training, eps) -> (y, mean[K,C], var[K,C])
+//   y = sum_k w_k * o_k,   o_k = (x_k - mean_kc) * rstd_kc  if normalize[k]  else x_k
+// A normalized term is the input of a trailing BatchNorm(affine=False) folded into the sum: in training the batch
+// statistics are computed here (and returned, so the caller can update running statistics once), in eval the
+// running ones are used. The BN output o_k is never stored. Channels are dim 1 of x (N, C, ...).
+#include <ATen/core/Tensor.h>
+#include <ATen/core/List.h>
+#include <c10/util/Optional.h>
+
+#include <functional>
+#include <vector>
+
+namespace stacnas {
+
+struct MixedSumShape {
+  int64_t outer;     // N
+  int64_t channels;  // C
+  int64_t inner;     // H*W (product of the dims after the channel dim)
+  int64_t per_channel() const { return outer * inner; }
+};
+
+// Checks the arguments and returns the layout; every x_k must have x_0's shape, dtype and device.
+MixedSumShape check_mixed_sum_args(const std::vector<at::Tensor>& x, const at::Tensor& w,
+                                   const std::vector<bool>& normalize);
+
+std::vector<at::Tensor> contiguous_all(at::TensorList xs);
+
+// The schema's bool[] as a plain vector.
+std::vector<bool> flags(const c10::List<bool>& list);
+
+// rstd_kc = 1/sqrt(var_kc + eps) for normalized terms, 1 otherwise; float64 on var's device.
+at::Tensor mixed_sum_rstd(const at::Tensor& var, const std::vector<bool>& normalize, double eps);
+
+// The statistics the forward pass normalizes with, as float64 (K, C) on x's device: from the batch in training
+// (mean_fn computes them for one normalized input), from the running statistics in eval; 0 and 1 for plain rows.
+std::pair<at::Tensor, at::Tensor> mixed_sum_stats(
+    const std::vector<at::Tensor>& x, const std::vector<bool>& normalize, const c10::optional<at::Tensor>& running_mean,
+    const c10::optional<at::Tensor>& running_var, bool training, int64_t C,
+    const std::function<std::pair<at::Tensor, at::Tensor>(const at::Tensor&)>& batch_stats);
+
+// Coefficients of the backward pass, float64 on S's device, from the channel sums S_c = sum g, T_kc = sum g x_k:
+//   dw_k = sum_c rstd_kc (T_kc - mean_kc S_c)
+//   dx_k = A_kc g + P_kc x_k + Q_kc   (training BN: dx = w rstd (g - S/n - xhat * sum(g xhat)/n); else w rstd g)
+struct MixedSumBackwardCoefficients {
+  at::Tensor dw, A, P, Q;
+};
+MixedSumBackwardCoefficients mixed_sum_backward_coefficients(const at::Tensor& S, const at::Tensor& T,
+                                                             const at::Tensor& w, const std::vector<bool>& normalize,
+                                                             const at::Tensor& mean, const at::Tensor& var,
+                                                             bool training, double eps, int64_t n);
+
+}  // namespace stacnas
