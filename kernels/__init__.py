@@ -5,4 +5,4 @@ without a GPU they run under the Triton interpreter when TRITON_INTERPRET=1 is s
 """
 
 # Names of the kernels this folder provides; `stacnas info` reads it.
-TRITON_KERNELS: tuple[str, ...] = ()
+TRITON_KERNELS: tuple[str, ...] = ("mixed_sum",)

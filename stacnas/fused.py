@@ -104,12 +104,28 @@ def default_backend() -> str:
     return backend
 
 
+def triton_usable(device: torch.device) -> str | None:
+    """None when the Triton kernels can run on `device`, else why not."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "triton is not installed"
+    if device.type == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        return "Triton runs on CPU tensors only in its interpreter: set TRITON_INTERPRET=1 before starting Python"
+    if device.type not in ("cpu", "cuda"):
+        return f"Triton kernels do not run on {device.type} tensors"
+    return None
+
+
 def resolve_backend(backend: str | None, device: torch.device) -> str:
-    """The concrete backend for tensors on `device`: the compiled kernel of that device if built, else the reference."""
+    """The concrete backend for tensors on `device`. auto: the compiled kernel of that device if built, else Triton
+    on a GPU, else the reference."""
     backend = backend or default_backend()
     if backend == "auto":
         if _EXT_ERROR is None and (device.type == "cpu" or (device.type == "cuda" and cuda_kernels_built())):
             return "cpp" if device.type == "cpu" else "cuda"
+        if device.type == "cuda" and triton_usable(device) is None:
+            return "triton"
         return "reference"
     if backend not in BACKENDS:
         raise ValueError(f"unknown kernel backend {backend!r}; choose one of {', '.join(BACKENDS)}")
@@ -121,6 +137,8 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
                                "rebuild with FORCE_CUDA=1")
         if (backend == "cuda") != (device.type == "cuda"):
             raise RuntimeError(f"kernel backend {backend!r} cannot run on {device.type} tensors")
+    if backend == "triton" and (reason := triton_usable(device)) is not None:
+        raise RuntimeError(f"kernel backend 'triton': {reason}")
     return backend
 
 

@@ -10,7 +10,8 @@ from stacnas import fused
 from stacnas.spaces import BUILTIN_SPACES, SearchSpace
 from stacnas.supernet import Supernet
 
-BACKENDS = ["reference"] + (["cpp"] if fused.extension_error() is None else [])
+BACKENDS = (["reference"] + (["cpp"] if fused.extension_error() is None else [])
+            + (["triton"] if fused.triton_usable(torch.device("cpu")) is None else []))
 
 
 def _step(model, x, y, seed):

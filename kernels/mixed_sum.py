@@ -1,0 +1,210 @@
+"""Triton kernels of the fused mixed sum (the math of `stacnas.fused`, whose C++/CUDA twins are in csrc/).
+
+    y = sum_k w_k * o_k,   o_k = (x_k - mean_k) * rstd_k  (normalized terms)  or  x_k
+
+Three kernels: per-channel sums (batch statistics, and S = sum g, T_k = sum g x_k for backward) on a
+(channels, slices) grid finished by torch.sum (deterministic, no atomics); the forward sum over up to four inputs
+per launch, accumulating into y; and dx_k = A g + P x_k + Q per input. The accumulator dtype is a constexpr
+(float64 for float64 inputs, so gradcheck holds). Registered with torch.library.custom_op (which, unlike
+triton_op, passes opcheck under TRITON_INTERPRET=1).
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+BLOCK = 256
+SLICES_MAX = 64
+PER_LAUNCH = 4
+
+
+@triton.jit
+def _channel_sums_kernel(a_ptr, b_ptr, out_ptr, C, N, INNER, SLICES, BLOCK: tl.constexpr, ACC: tl.constexpr):
+    """out[0, c, s] = partial sum of a over channel c; out[1, c, s] = partial sum of a * b."""
+    c = tl.program_id(0)
+    s = tl.program_id(1)
+    total = N * INNER
+    acc_a = tl.zeros([BLOCK], dtype=ACC)
+    acc_ab = tl.zeros([BLOCK], dtype=ACC)
+    for start in range(s * BLOCK, total, SLICES * BLOCK):
+        j = start + tl.arange(0, BLOCK)
+        mask = j < total
+        idx = (j // INNER) * C * INNER + c * INNER + j % INNER
+        a = tl.load(a_ptr + idx, mask=mask, other=0).to(ACC)
+        b = tl.load(b_ptr + idx, mask=mask, other=0).to(ACC)
+        acc_a += a
+        acc_ab += a * b
+    tl.store(out_ptr + c * SLICES + s, tl.sum(acc_a, axis=0))
+    tl.store(out_ptr + (C + c) * SLICES + s, tl.sum(acc_ab, axis=0))
+
+
+@triton.jit
+def _sum_kernel(y_ptr, x0, x1, x2, x3, a_ptr, b_ptr, C, INNER, n, NUM: tl.constexpr, ACCUMULATE: tl.constexpr,
+                BLOCK: tl.constexpr, ACC: tl.constexpr):
+    """y = b_c + sum of a_kc x_k over the NUM (<= 4) inputs given; with ACCUMULATE, y += the sum instead."""
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = i < n
+    c = (i // INNER) % C
+    if ACCUMULATE:
+        acc = tl.load(y_ptr + i, mask=mask, other=0).to(ACC)
+    else:
+        acc = tl.load(b_ptr + c, mask=mask, other=0).to(ACC)
+    acc += tl.load(a_ptr + c, mask=mask, other=0).to(ACC) * tl.load(x0 + i, mask=mask, other=0).to(ACC)
+    if NUM > 1:
+        acc += tl.load(a_ptr + C + c, mask=mask, other=0).to(ACC) * tl.load(x1 + i, mask=mask, other=0).to(ACC)
+    if NUM > 2:
+        acc += tl.load(a_ptr + 2 * C + c, mask=mask, other=0).to(ACC) * tl.load(x2 + i, mask=mask, other=0).to(ACC)
+    if NUM > 3:
+        acc += tl.load(a_ptr + 3 * C + c, mask=mask, other=0).to(ACC) * tl.load(x3 + i, mask=mask, other=0).to(ACC)
+    tl.store(y_ptr + i, acc.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _grad_kernel(dx_ptr, g_ptr, x_ptr, coef_ptr, C, INNER, n, BLOCK: tl.constexpr, ACC: tl.constexpr):
+    """dx = A_c g + P_c x + Q_c, coef = (A, P, Q) each of C entries."""
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = i < n
+    c = (i // INNER) % C
+    A = tl.load(coef_ptr + c, mask=mask, other=0).to(ACC)
+    P = tl.load(coef_ptr + C + c, mask=mask, other=0).to(ACC)
+    Q = tl.load(coef_ptr + 2 * C + c, mask=mask, other=0).to(ACC)
+    g = tl.load(g_ptr + i, mask=mask, other=0).to(ACC)
+    x = tl.load(x_ptr + i, mask=mask, other=0).to(ACC)
+    tl.store(dx_ptr + i, (A * g + P * x + Q).to(dx_ptr.dtype.element_ty), mask=mask)
+
+
+def _acc(dtype: torch.dtype):
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _layout(x: torch.Tensor):
+    N = x.shape[0] if x.dim() >= 1 else 1
+    C = x.shape[1] if x.dim() >= 2 else 1
+    return N, C, x.numel() // max(N * C, 1)
+
+
+def _channel_sums(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """(sum a, sum a*b) per channel, float64 (2, C)."""
+    N, C, inner = _layout(a)
+    slices = max(1, min(SLICES_MAX, triton.cdiv(N * inner, BLOCK * 4)))
+    acc_dtype = torch.float64 if a.dtype == torch.float64 else torch.float32
+    partial = torch.empty(2, C, slices, dtype=acc_dtype, device=a.device)
+    if N * inner == 0:
+        return torch.zeros(2, C, dtype=torch.float64, device=a.device)
+    _channel_sums_kernel[(C, slices)](a, b, partial, C, N, inner, slices, BLOCK=BLOCK, ACC=_acc(a.dtype))
+    return partial.double().sum(2)
+
+
+def _check(x, w, normalize):
+    if not x:
+        raise ValueError("mixed_sum: needs at least one input tensor")
+    if w.dim() != 1 or w.shape[0] != len(x) or len(normalize) != len(x):
+        raise ValueError(f"mixed_sum: needs one weight and one normalize flag per input, got {tuple(w.shape)} and "
+                         f"{len(normalize)} for {len(x)} inputs")
+    if any(t.shape != x[0].shape for t in x):
+        raise ValueError("mixed_sum: all inputs must have the same shape")
+
+
+@torch.library.custom_op("stacnas_triton::mixed_sum", mutates_args=())
+def _mixed_sum(x: list[torch.Tensor], w: torch.Tensor, normalize: list[bool], running_mean: torch.Tensor | None,
+               running_var: torch.Tensor | None, training: bool, eps: float) -> tuple[torch.Tensor, torch.Tensor,
+                                                                                      torch.Tensor]:
+    _check(x, w, normalize)
+    x = [t.contiguous() for t in x]
+    N, C, inner = _layout(x[0])
+    K = len(x)
+    mean = torch.zeros(K, C, dtype=torch.float64, device=x[0].device)
+    var = torch.ones(K, C, dtype=torch.float64, device=x[0].device)
+    for k in (k for k in range(K) if normalize[k]):
+        if training:
+            sums = _channel_sums(x[k], x[k])
+            count = max(N * inner, 1)
+            mean[k] = sums[0] / count
+            var[k] = (sums[1] / count - mean[k] ** 2).clamp_min(0)
+        else:
+            if running_mean is None or running_var is None:
+                raise ValueError("mixed_sum: eval mode with normalized inputs needs running_mean and running_var")
+            mean[k], var[k] = running_mean[k], running_var[k]
+    rstd = _rstd(var, normalize, eps)
+    a = w.double().view(K, 1) * rstd
+    acc_dtype = torch.float64 if x[0].dtype == torch.float64 else torch.float32
+    b = (-(a * mean).sum(0)).to(acc_dtype)
+    a = a.to(acc_dtype).contiguous()
+    y = torch.empty_like(x[0])
+    n = y.numel()
+    for k0 in range(0, K, PER_LAUNCH):
+        chunk = x[k0:k0 + PER_LAUNCH]
+        ptrs = chunk + [chunk[0]] * (PER_LAUNCH - len(chunk))
+        _sum_kernel[(triton.cdiv(n, BLOCK),)](y, *ptrs, a[k0:], b, C, inner, n, NUM=len(chunk), ACCUMULATE=k0 > 0,
+                                              BLOCK=BLOCK, ACC=_acc(x[0].dtype))
+    return y, mean.to(w.dtype), var.to(w.dtype)
+
+
+@_mixed_sum.register_fake
+def _(x, w, normalize, running_mean, running_var, training, eps):
+    C = _layout(x[0])[1]
+    return torch.empty_like(x[0]), w.new_empty(len(x), C), w.new_empty(len(x), C)
+
+
+def _rstd(var, normalize, eps):
+    rstd = (var.double() + eps).rsqrt()
+    rstd[[not n for n in normalize]] = 1.0
+    return rstd
+
+
+@torch.library.custom_op("stacnas_triton::mixed_sum_backward", mutates_args=())
+def _mixed_sum_backward(grad: torch.Tensor, x: list[torch.Tensor], w: torch.Tensor, normalize: list[bool],
+                        mean: torch.Tensor, var: torch.Tensor, training: bool,
+                        eps: float) -> tuple[list[torch.Tensor], torch.Tensor]:
+    x = [t.contiguous() for t in x]
+    grad = grad.contiguous()
+    N, C, inner = _layout(grad)
+    K, n = len(x), max(N * inner, 1)
+    sums = [_channel_sums(grad, xk) for xk in x]
+    S = sums[0][0]
+    T = torch.stack([s[1] for s in sums])
+    mean, rstd = mean.double(), _rstd(var, normalize, eps)
+    centered = T - mean * S
+    A = w.double().view(K, 1) * rstd
+    P, Q = torch.zeros_like(A), torch.zeros_like(A)
+    if training:  # dx = A (g - S/n - xhat * sum(g xhat)/n) for normalized terms
+        rows = torch.tensor(normalize, device=A.device)
+        p = -A * rstd * (rstd * centered) / n
+        q = -A * S / n - p * mean
+        P[rows], Q[rows] = p[rows], q[rows]
+    acc_dtype = torch.float64 if grad.dtype == torch.float64 else torch.float32
+    grad_x = []
+    for k in range(K):
+        coef = torch.stack([A[k], P[k], Q[k]]).to(acc_dtype).contiguous()
+        dx = torch.empty_like(grad)
+        _grad_kernel[(triton.cdiv(grad.numel(), BLOCK),)](dx, grad, x[k], coef, C, inner, grad.numel(), BLOCK=BLOCK,
+                                                          ACC=_acc(grad.dtype))
+        grad_x.append(dx)
+    return grad_x, (rstd * centered).sum(1).to(w.dtype)
+
+
+@_mixed_sum_backward.register_fake
+def _(grad, x, w, normalize, mean, var, training, eps):
+    return [torch.empty_like(grad) for _ in x], torch.empty_like(w)
+
+
+def _setup_context(ctx, inputs, output):
+    x, w, normalize, _, _, training, eps = inputs
+    _, mean, var = output
+    ctx.mark_non_differentiable(mean, var)
+    ctx.normalize, ctx.training, ctx.eps = list(normalize), training, eps
+    ctx.save_for_backward(w, mean, var, *x)
+
+
+def _backward(ctx, grad, _grad_mean, _grad_var):
+    w, mean, var, *x = ctx.saved_tensors
+    grad_x, grad_w = _mixed_sum_backward(grad, x, w, ctx.normalize, mean, var, ctx.training, ctx.eps)
+    return list(grad_x), grad_w, None, None, None, None, None
+
+
+_mixed_sum.register_autograd(_backward, setup_context=_setup_context)
+
+
+def triton_mixed_sum(x, w, normalize, running_mean=None, running_var=None, training=True, eps=1e-5):
+    return _mixed_sum(list(x), w, list(normalize), running_mean, running_var, training, eps)
