@@ -42,6 +42,19 @@ def _cmd_search(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    from .bench import BenchConfig, main as bench_main
+
+    if args.batch_size < 2 or args.repeats < 1:
+        raise UsageError("--batch-size must be at least 2 and --repeats at least 1")
+    cfg = BenchConfig(space=args.space, channels=args.channels, layers=args.layers, image_size=args.image_size,
+                      batch_size=args.batch_size, repeats=args.repeats, modes=tuple(args.modes),
+                      kernels=None if args.kernels == "auto" else args.kernels, device=args.device,
+                      budget_gib=args.budget_gib, threads=args.threads or __import__("torch").get_num_threads())
+    bench_main(cfg, args.out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="stacnas", description="Hierarchical NAS via operator clustering (StacNAS) on fused "
                                                  "mixed-op kernels.")
@@ -72,6 +85,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/search", help="output folder (default: runs/search)")
     p.add_argument("--force", action="store_true", help="write into --out even if it already holds files")
     p.set_defaults(func=_cmd_search, config_fields=add_arguments(p, SearchConfig))
+
+    p = sub.add_parser("bench", help="benchmark the supernet's memory modes side by side",
+                       description="Run the same supernet in each memory mode in one process and report bytes saved "
+                                   "for backward per sample, median step time, peak memory, and ratios to reference.")
+    p.add_argument("what", choices=["supernet"], help="what to benchmark")
+    p.add_argument("--space", default="darts", help="search space (default: darts)")
+    p.add_argument("--channels", type=int, default=16, help="initial channels C (default: 16)")
+    p.add_argument("--layers", type=int, default=8, help="cells (default: 8)")
+    p.add_argument("--image-size", type=int, default=32, help="input height and width (default: 32)")
+    p.add_argument("--batch-size", type=int, default=16, help="batch of the timed steps (default: 16)")
+    p.add_argument("--repeats", type=int, default=7, help="timed steps per mode after one warm-up (default: 7)")
+    p.add_argument("--modes", nargs="+", default=["reference", "lean", "recompute"],
+                   choices=["reference", "lean", "recompute"], help="memory modes to compare (default: all)")
+    p.add_argument("--kernels", default="auto", choices=["auto", "reference", "cpp", "cuda", "triton"],
+                   help="kernel backend of the fused sum (default: auto)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
+    p.add_argument("--budget-gib", type=float, default=16.0,
+                   help="on CUDA, report the largest batch whose peak memory fits this budget (default: 16)")
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's default)")
+    p.add_argument("--out", default=None, help="write the JSON report to this file")
+    p.set_defaults(func=_cmd_bench)
     return parser
 
 
@@ -80,7 +114,8 @@ def main(argv=None) -> int:
     try:
         args = parser.parse_args(argv)
         return args.func(args)
-    except (UsageError, DataError, ValueError, FileNotFoundError, FileExistsError, NotADirectoryError) as err:
+    except (UsageError, DataError, ValueError, RuntimeError, FileNotFoundError, FileExistsError,
+            NotADirectoryError) as err:
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
         prog = f"stacnas {getattr(args, 'command', '')}".strip() if "args" in locals() else "stacnas"
         print(f"{prog}: error: {message}", file=sys.stderr)

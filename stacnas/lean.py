@@ -92,7 +92,7 @@ def batch_stats(bn: nn.BatchNorm2d, z: torch.Tensor):
     if bn.training or not bn.track_running_stats:
         var, mean = torch.var_mean(z, dim=[0] + list(range(2, z.dim())), correction=0)
         if bn.training and bn.track_running_stats:
-            _update_running_stats(bn, mean.detach(), var.detach(), z.numel() // z.shape[1])
+            _update_running_stats([bn], mean.detach()[None], var.detach()[None], z.numel() // z.shape[1])
         return mean, torch.rsqrt(var + bn.eps)
     return bn.running_mean, torch.rsqrt(bn.running_var + bn.eps)
 
@@ -101,39 +101,94 @@ def _conv(conv: nn.Conv2d, x, mean=None, rstd=None, act=None):
     return NormReLUConv.apply(x, mean, rstd, conv.weight, conv.stride, conv.padding, conv.dilation, conv.groups, act)
 
 
+def is_none_op(op: nn.Module) -> bool:
+    """`none`: stacnas' Zero or DARTS' (recognized by name: it has no parameters and returns zeros)."""
+    return isinstance(op, Zero) or (type(op).__name__ == "Zero" and not any(True for _ in op.parameters()))
+
+
+def _layers(op: nn.Module):
+    """The layer list of an op built like DARTS' (layers in `op.op`, or the op itself a Sequential), else None."""
+    inner = getattr(op, "op", None)
+    if isinstance(inner, nn.Sequential):
+        return list(inner)
+    return list(op) if isinstance(op, nn.Sequential) else None
+
+
+def _foldable(bn) -> bool:
+    return isinstance(bn, nn.BatchNorm2d) and not bn.affine
+
+
+def _conv_chain(layers) -> bool:
+    """ReLU, conv, (conv | BN ReLU conv)*, BN(affine=False): nor_conv, dil_conv and sep_conv."""
+    if len(layers) < 3 or not isinstance(layers[0], nn.ReLU) or not isinstance(layers[1], nn.Conv2d) \
+            or not _foldable(layers[-1]):
+        return False
+    i = 2
+    while i < len(layers) - 1:
+        if isinstance(layers[i], nn.Conv2d) and layers[i].bias is None:
+            i += 1
+        elif (i + 2 < len(layers) - 1 and isinstance(layers[i], nn.BatchNorm2d) and not layers[i].affine
+              and isinstance(layers[i + 1], nn.ReLU) and isinstance(layers[i + 2], nn.Conv2d)):
+            i += 3
+        else:
+            return False
+    return layers[1].bias is None
+
+
 def lean_term(op: nn.Module, h: torch.Tensor, relu_h):
-    """One candidate on state h, as (x, bn): x is the BN's input z when the op ends in a BN to fold (bn given),
-    else the op's output (bn None). relu_h() gives the shared ReLU(h)."""
-    if isinstance(op, Identity):
+    """One candidate on state h, as (x, bn): x is the input z of a trailing BN(affine=False) to fold (bn given), or
+    the op's output (bn None). Ops are recognized by structure (stacnas' and DARTS' own classes alike); anything
+    else simply runs as it is. relu_h() gives the shared ReLU(h)."""
+    if isinstance(op, (Identity, nn.Identity)) or (type(op).__name__ == "Identity" and not list(op.parameters())):
         return h, None
-    if isinstance(op, FactorizedReduce):
+    if isinstance(op, FactorizedReduce) or (hasattr(op, "conv_1") and hasattr(op, "conv_2") and _foldable(
+            getattr(op, "bn", None)) and type(op).__name__ == "FactorizedReduce"):
+        if not _foldable(op.bn):
+            return op(h), None
         shifted = h[:, :, 1:, 1:]
         if odd := (h.shape[2] % 2 or h.shape[3] % 2):
+            if not isinstance(op, FactorizedReduce):  # DARTS' own FactorizedReduce does not pad odd sizes
+                return op(h), None
             shifted = F.pad(shifted, (0, h.shape[3] % 2, 0, h.shape[2] % 2))
         z = torch.cat([_conv(op.conv_1, h, act=relu_h()),
                        _conv(op.conv_2, shifted, act=None if odd else relu_h()[:, :, 1:, 1:])], dim=1)
         return z, op.bn
-    if isinstance(op, Noise):
+    layers = _layers(op)
+    if layers is None:
         return op(h), None
-    layers = list(op)
-    if isinstance(layers[0], nn.MaxPool2d):
-        return MaxPoolNoIndices.apply(h, layers[0].stride), layers[1]
-    if isinstance(layers[0], nn.AvgPool2d):
-        return layers[0](h), layers[1]
-    # ReLU → conv [→ conv → BN → ReLU → conv] → conv → BN: dil_conv, sep_conv, nor_conv
-    assert isinstance(layers[0], nn.ReLU) and isinstance(layers[-1], nn.BatchNorm2d), f"unexpected op {op}"
+    if len(layers) == 2 and _foldable(layers[1]):
+        pool = layers[0]
+        if isinstance(pool, nn.MaxPool2d) and _pool_is(pool, 3, 1) and pool.dilation in (1, (1, 1)) \
+                and not pool.ceil_mode and not pool.return_indices:
+            return MaxPoolNoIndices.apply(h, _single(pool.stride)), layers[1]
+        if isinstance(pool, (nn.AvgPool2d, nn.MaxPool2d)):
+            return pool(h), layers[1]
+    if not _conv_chain(layers):
+        return op(h), None
     x = _conv(layers[1], h, act=relu_h())
     i = 2
     while i < len(layers) - 1:
-        layer = layers[i]
-        if isinstance(layer, nn.BatchNorm2d):  # BN → ReLU → conv inside sep_conv
-            mean, rstd = batch_stats(layer, x)
+        if isinstance(layers[i], nn.BatchNorm2d):  # BN → ReLU → conv inside sep_conv
+            mean, rstd = batch_stats(layers[i], x)
             x = _conv(layers[i + 2], x, mean, rstd)
             i += 3
         else:
-            x = layer(x)
+            x = layers[i](x)
             i += 1
     return x, layers[-1]
+
+
+def _single(v):
+    return v[0] if isinstance(v, (tuple, list)) else v
+
+
+def _pool_is(pool, kernel, padding):
+    same = lambda v: isinstance(v, (tuple, list)) and len(set(v)) == 1  # noqa: E731
+    k = _single(pool.kernel_size) if not isinstance(pool.kernel_size, (tuple, list)) or same(pool.kernel_size) \
+        else None
+    p = _single(pool.padding) if not isinstance(pool.padding, (tuple, list)) or same(pool.padding) else None
+    s = pool.stride if not isinstance(pool.stride, (tuple, list)) or same(pool.stride) else None
+    return k == kernel and p == padding and s is not None
 
 
 def lean_node(edges, states, weights, backend=None):
@@ -146,7 +201,7 @@ def lean_node(edges, states, weights, backend=None):
                 relu_cache[j] = F.relu(h.detach())
             return relu_cache[j]
         for k, op in enumerate(edge._ops):
-            if isinstance(op, Zero):
+            if is_none_op(op):
                 continue
             x, bn = lean_term(op, h, relu_h)
             xs.append(x)
@@ -164,19 +219,27 @@ def lean_node(edges, states, weights, backend=None):
     y, mean, var = fused.mixed_sum(xs, weights[list(rows), list(cols)], normalize, running_mean, running_var,
                                    training, eps, backend=backend)
     if training:
-        n = xs[0].numel() // xs[0].shape[1]
-        for k, bn in enumerate(bns):
-            if bn is not None and bn.training and bn.track_running_stats:
-                _update_running_stats(bn, mean[k], var[k], n)
+        updated = [k for k, bn in enumerate(bns) if bn is not None and bn.training and bn.track_running_stats]
+        _update_running_stats([bns[k] for k in updated], mean[updated], var[updated], xs[0].numel() // xs[0].shape[1])
     return y
 
 
-def _update_running_stats(bn: nn.BatchNorm2d, mean, var, n):
+def _update_running_stats(bns, means, variances, n):
+    """What each BatchNorm's forward does to its running statistics, for many BNs at once (foreach ops)."""
+    if not bns:
+        return
     with torch.no_grad():
-        bn.num_batches_tracked.add_(1)
-        factor = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
-        bn.running_mean.mul_(1 - factor).add_(mean, alpha=factor)
-        bn.running_var.mul_(1 - factor).add_(var * (n / max(n - 1, 1)), alpha=factor)
+        torch._foreach_add_([bn.num_batches_tracked for bn in bns], 1)
+        factors = [bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked) for bn in bns]
+        unbiased = variances * (n / max(n - 1, 1))
+        for stats, batch in ((("running_mean", means)), ("running_var", unbiased)):
+            running = [getattr(bn, stats) for bn in bns]
+            if len(set(factors)) == 1:
+                torch._foreach_mul_(running, 1 - factors[0])
+                torch._foreach_add_(running, list(batch.unbind(0)), alpha=factors[0])
+            else:
+                for r, b, f in zip(running, batch.unbind(0), factors):
+                    r.mul_(1 - f).add_(b, alpha=f)
 
 
 # ---- recompute ---------------------------------------------------------------------------------------------
@@ -194,6 +257,11 @@ def frozen_running_stats(module: nn.Module):
                 bn.running_mean.copy_(mean)
                 bn.running_var.copy_(var)
                 bn.num_batches_tracked.copy_(count)
+
+
+def _uses_rng(op: nn.Module) -> bool:
+    """Ops whose output is random (`noise`: stacnas' Noise, RobustDARTS' NoiseOp): their RNG is replayed."""
+    return isinstance(op, Noise) or type(op).__name__ in ("Noise", "NoiseOp")
 
 
 def _rng_state(device):
@@ -219,7 +287,7 @@ class RecomputeNode(torch.autograd.Function):
         states, params = tensors[:n_states], tensors[n_states:]
         y, rng = None, {}
         for t, (s, op, _) in enumerate(terms):
-            if isinstance(op, Noise):
+            if _uses_rng(op):
                 rng[t] = _rng_state(states[s].device)
             o = op(states[s])
             y = w[t] * o if y is None else y.addcmul_(o, w[t])
@@ -256,7 +324,7 @@ def recompute_node(edges, states, weights):
     terms, w_index, params = [], [], []
     for j, edge in enumerate(edges):
         for k, op in enumerate(edge._ops):
-            if isinstance(op, Zero):
+            if is_none_op(op):
                 continue
             op_params = list(op.parameters())
             terms.append((j, op, op_params))

@@ -23,32 +23,43 @@ PRIMITIVES = (
 )
 
 
-class ReLUConvBN(nn.Sequential):
+class ReLUConvBN(nn.Module):
+    """ReLU, conv, BN. Like DARTS' ops, the layers sit in `self.op` so parameter names match DARTS' checkpoints."""
+
     def __init__(self, C_in, C_out, kernel_size, stride, padding, affine=True):
-        super().__init__(
+        super().__init__()
+        self.op = nn.Sequential(
             nn.ReLU(inplace=False),
             nn.Conv2d(C_in, C_out, kernel_size, stride=stride, padding=padding, bias=False),
             nn.BatchNorm2d(C_out, affine=affine),
         )
 
+    def forward(self, x):
+        return self.op(x)
 
-class DilConv(nn.Sequential):
+
+class DilConv(nn.Module):
     """ReLU, depthwise k×k (dilated), pointwise 1×1, BN."""
 
     def __init__(self, C_in, C_out, kernel_size, stride, padding, dilation, affine=True):
-        super().__init__(
+        super().__init__()
+        self.op = nn.Sequential(
             nn.ReLU(inplace=False),
             nn.Conv2d(C_in, C_in, kernel_size, stride, padding, dilation=dilation, groups=C_in, bias=False),
             nn.Conv2d(C_in, C_out, 1, bias=False),
             nn.BatchNorm2d(C_out, affine=affine),
         )
 
+    def forward(self, x):
+        return self.op(x)
 
-class SepConv(nn.Sequential):
+
+class SepConv(nn.Module):
     """Two stacked DilConv(dilation=1); only the first one strides."""
 
     def __init__(self, C_in, C_out, kernel_size, stride, padding, affine=True):
-        super().__init__(
+        super().__init__()
+        self.op = nn.Sequential(
             nn.ReLU(inplace=False),
             nn.Conv2d(C_in, C_in, kernel_size, stride, padding, groups=C_in, bias=False),
             nn.Conv2d(C_in, C_in, 1, bias=False),
@@ -58,6 +69,9 @@ class SepConv(nn.Sequential):
             nn.Conv2d(C_in, C_out, 1, bias=False),
             nn.BatchNorm2d(C_out, affine=affine),
         )
+
+    def forward(self, x):
+        return self.op(x)
 
 
 class Identity(nn.Module):

@@ -48,6 +48,11 @@ class SearchConfig:
     a_betas: tuple = _opt((0.5, 0.999), "Adam betas of α")
     a_weight_decay: float = _opt(1e-3, "weight decay of α")
     device: str = _opt("auto", "cpu, cuda or auto")
+    memory_mode: str = _opt("lean", "supernet memory mode: lean (fused, exact, about half the memory), recompute "
+                                    "(least memory, recomputes in backward) or reference (plain PyTorch)",
+                            choices=["lean", "recompute", "reference"])
+    kernels: str = _opt("auto", "kernel backend of the fused sum: auto, reference, cpp, cuda or triton",
+                        choices=["auto", "reference", "cpp", "cuda", "triton"])
 
     def validate(self):
         if self.method not in ("stacnas", "darts"):
@@ -158,7 +163,7 @@ def _run_stage(name, space, layers, cfg, loaders, device, out, log):
     torch.manual_seed(cfg.seed)  # every stage starts fresh: new weights, new α
     info = loaders.info
     model = Supernet(space, C=cfg.channels, layers=layers, nodes=cfg.nodes, num_classes=info.num_classes,
-                     in_channels=info.in_channels).to(device)
+                     in_channels=info.in_channels, mode=cfg.memory_mode, kernels=cfg.kernels).to(device)
     train_supernet(model, loaders.train, cfg, device, log, name)
     stage_dir = out / name
     stage_dir.mkdir(exist_ok=True)
@@ -170,9 +175,12 @@ def _run_stage(name, space, layers, cfg, loaders, device, out, log):
 def run_search(cfg: SearchConfig, out_dir: str, force: bool = False) -> genotypes.Genotype:
     cfg.validate()
     space = load_space(cfg.space)
+    device = _device(cfg.device)
+    from .fused import resolve_backend
+
+    resolve_backend(cfg.kernels, device)  # an unusable backend fails now, not after the output folder is made
     out = prepare_out_dir(out_dir, force)
     save_run_info(out, cfg)
-    device = _device(cfg.device)
     torch.manual_seed(cfg.seed)
     loaders = get_loaders(cfg.dataset, cfg.data_root, cfg.batch_size, 0.0, augment=True, workers=cfg.workers,
                           seed=cfg.seed, download=cfg.download, limit=cfg.limit or None)

@@ -10,23 +10,49 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import genotypes, lean
-from .ops import FactorizedReduce, ReLUConvBN, search_op
+from .ops import PRIMITIVES, FactorizedReduce, ReLUConvBN, search_op
 from .spaces import SearchSpace
 
 
-class MixedOp(nn.Module):
-    """One edge: all candidate ops of the edge, mixed by the weights it is given."""
+MODES = ("reference", "lean", "recompute")
 
-    def __init__(self, C: int, stride: int, primitives):
+
+class MixedOp(nn.Module):
+    """One edge: all candidate ops of the edge, mixed by the weights it is given — DARTS' MixedOp, with DARTS'
+    call signature forward(x, weights) and parameter names (`_ops.<k>...`).
+
+    mode `reference` computes sum(w * op(x)) (the oracle); `lean` and `recompute` compute the same numbers with
+    less memory kept for backward (see stacnas.lean).
+    """
+
+    def __init__(self, C: int, stride: int, primitives=PRIMITIVES, mode: str = "reference",
+                 kernels: str | None = None):
         super().__init__()
         self.primitives = tuple(primitives)
         self._ops = nn.ModuleList(search_op(p, C, stride) for p in self.primitives)
+        self.set_mode(mode, kernels)
+
+    @classmethod
+    def from_ops(cls, ops: nn.ModuleList, mode: str = "lean", kernels: str | None = None) -> "MixedOp":
+        """Wrap existing candidate modules (the same objects, so parameters stay shared) in a MixedOp."""
+        self = cls.__new__(cls)
+        nn.Module.__init__(self)
+        self.primitives = None  # unknown for candidates built elsewhere
+        self._ops = ops
+        return self.set_mode(mode, kernels)
+
+    def set_mode(self, mode: str, kernels: str | None = None) -> "MixedOp":
+        if mode not in MODES:
+            raise ValueError(f"unknown memory mode {mode!r}; choose one of {', '.join(MODES)}")
+        self.mode, self.kernels = mode, kernels
+        return self
 
     def forward(self, x, weights):
+        if self.mode == "lean":
+            return lean.lean_node([self], [x], weights.view(1, -1), self.kernels)
+        if self.mode == "recompute":
+            return lean.recompute_node([self], [x], weights.view(1, -1))
         return sum(w * op(x) for w, op in zip(weights, self._ops))
-
-
-MODES = ("reference", "lean", "recompute")
 
 
 class SearchCell(nn.Module):

@@ -39,12 +39,12 @@ def test_pools_get_bn_only_in_search_form():
 
 def test_structure_matches_darts_definitions():
     sep = final_op("sep_conv_5x5", 4, 2)
-    convs = [m for m in sep if isinstance(m, torch.nn.Conv2d)]
+    convs = [m for m in sep.op if isinstance(m, torch.nn.Conv2d)]
     assert [c.kernel_size for c in convs] == [(5, 5), (1, 1), (5, 5), (1, 1)]
     assert [c.stride for c in convs] == [(2, 2), (1, 1), (1, 1), (1, 1)]
     assert convs[0].groups == 4 and convs[0].padding == (2, 2)
     for name, k, pad in (("dil_conv_3x3", 3, 2), ("dil_conv_5x5", 5, 4)):
-        conv = [m for m in final_op(name, 4, 1) if isinstance(m, torch.nn.Conv2d)][0]
+        conv = [m for m in final_op(name, 4, 1).op if isinstance(m, torch.nn.Conv2d)][0]
         assert conv.kernel_size == (k, k) and conv.dilation == (2, 2) and conv.padding == (pad, pad)
     avg = final_op("avg_pool_3x3", 4, 1)
     assert avg.count_include_pad is False

@@ -1,0 +1,210 @@
+"""The supernet benchmark: the same DARTS supernet in each memory mode, side by side in one run.
+
+For each mode: bytes saved for backward per sample (counted with saved_tensors_hooks, each storage once), the
+median forward+backward step time, the peak resident memory during a step, and on CUDA the peak allocated memory
+and the largest batch that fits a memory budget. Ratios are against `reference`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from .spaces import load_space
+from .supernet import MODES, Supernet
+
+
+def saved_bytes(step) -> int:
+    """Bytes that autograd keeps for backward while `step()` builds its graph (each storage counted once)."""
+    storages = {}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        storages[(storage.data_ptr(), str(t.device))] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = step()
+    return sum(storages.values()), out
+
+
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class _PeakRSS:
+    """Polls the resident set size in a thread while the block runs (Linux). Freed memory is rarely returned to the
+    system, so each mode is measured in a fresh process (peak_rss)."""
+
+    def __enter__(self):
+        self.peak, self._stop = _rss_bytes(), threading.Event()
+        self._thread = threading.Thread(target=self._poll, daemon=True)
+        self._thread.start()
+        return self
+
+    def _poll(self):
+        while not self._stop.wait(0.002):
+            self.peak = max(self.peak, _rss_bytes())
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, _rss_bytes())
+
+
+@dataclass
+class BenchConfig:
+    space: str = "darts"
+    channels: int = 16
+    layers: int = 8
+    image_size: int = 32
+    num_classes: int = 10
+    batch_size: int = 16
+    repeats: int = 7
+    warmup: int = 1
+    modes: tuple = MODES
+    kernels: str | None = None
+    device: str = "auto"
+    budget_gib: float = 16.0
+    seed: int = 0
+    threads: int = field(default_factory=torch.get_num_threads)
+
+
+def _model(cfg: BenchConfig, mode: str, device) -> Supernet:
+    torch.manual_seed(cfg.seed)  # the same weights and α in every mode
+    return Supernet(load_space(cfg.space), C=cfg.channels, layers=cfg.layers, num_classes=cfg.num_classes,
+                    mode=mode, kernels=cfg.kernels).to(device)
+
+
+def _batch(cfg, batch, device):
+    g = torch.Generator().manual_seed(cfg.seed)
+    x = torch.randn(batch, 3, cfg.image_size, cfg.image_size, generator=g)
+    return x.to(device), torch.randint(0, cfg.num_classes, (batch,), generator=g).to(device)
+
+
+def _step(model, x, y):
+    model.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()
+
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _cuda_peak(model, cfg, batch, device) -> int:
+    x, y = _batch(cfg, batch, device)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(device)
+    _step(model, x, y)
+    _sync(device)
+    return torch.cuda.max_memory_allocated(device)
+
+
+def peak_rss(cfg: BenchConfig, mode: str) -> int:
+    """Peak resident bytes of a fresh process that builds the supernet in `mode` and runs two steps."""
+    config = json.dumps({**asdict(cfg), "modes": [mode]})
+    code = ("import json, sys; from stacnas.bench import BenchConfig, _rss_child; "
+            "print(_rss_child(BenchConfig(**json.loads(sys.argv[1]))))")
+    result = subprocess.run([sys.executable, "-c", code, config], capture_output=True, text=True, check=True)
+    return int(result.stdout.strip().splitlines()[-1])
+
+
+def _rss_child(cfg: BenchConfig) -> int:
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if cfg.device == "auto" else cfg.device))
+    torch.set_num_threads(cfg.threads)
+    model = _model(cfg, cfg.modes[0], device)
+    x, y = _batch(cfg, cfg.batch_size, device)
+    with _PeakRSS() as rss:
+        for _ in range(2):
+            _step(model, x, y)
+            _sync(device)
+    return rss.peak
+
+
+def run(cfg: BenchConfig) -> dict:
+    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if cfg.device == "auto" else cfg.device))
+    torch.set_num_threads(cfg.threads)
+    from .fused import resolve_backend
+
+    resolve_backend(cfg.kernels, device)  # fail now on a backend that cannot run here
+    models = {mode: _model(cfg, mode, device) for mode in cfg.modes}
+    x, y = _batch(cfg, cfg.batch_size, device)
+    results = {}
+    for mode, model in models.items():
+        nbytes, loss = saved_bytes(lambda: F.cross_entropy(model(x), y))
+        loss.backward()
+        results[mode] = {"saved_bytes_per_sample": nbytes / cfg.batch_size}
+    times = {mode: [] for mode in models}
+    for i in range(cfg.warmup + cfg.repeats):  # round robin, so machine noise hits every mode alike
+        for mode, model in models.items():
+            _sync(device)
+            start = time.perf_counter()
+            _step(model, x, y)
+            _sync(device)
+            if i >= cfg.warmup:
+                times[mode].append(time.perf_counter() - start)
+    for mode, model in models.items():
+        results[mode]["peak_rss_mib"] = peak_rss(cfg, mode) / 2**20
+        results[mode]["step_seconds_median"] = statistics.median(times[mode])
+        results[mode]["step_seconds_all"] = times[mode]
+        if device.type == "cuda":
+            small, large = _cuda_peak(model, cfg, cfg.batch_size // 2, device), _cuda_peak(model, cfg,
+                                                                                             cfg.batch_size, device)
+            per_sample = (large - small) / (cfg.batch_size - cfg.batch_size // 2)
+            fixed = large - per_sample * cfg.batch_size
+            results[mode]["peak_cuda_mib"] = large / 2**20
+            results[mode]["max_batch_in_budget"] = int((cfg.budget_gib * 2**30 - fixed) // per_sample)
+    if "reference" in results:
+        ref = results["reference"]
+        for mode, r in results.items():
+            r["saved_bytes_ratio"] = r["saved_bytes_per_sample"] / ref["saved_bytes_per_sample"]
+            r["step_time_ratio"] = r["step_seconds_median"] / ref["step_seconds_median"]
+    return {"config": asdict(cfg), "machine": _machine(device), "results": results}
+
+
+def _machine(device) -> dict:
+    return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or
+            platform.machine(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
+            "platform": platform.platform(), "date": time.strftime("%Y-%m-%d")}
+
+
+def render(report: dict) -> str:
+    cuda = any("peak_cuda_mib" in r for r in report["results"].values())
+    head = f"{'mode':<10} {'saved MiB/sample':>16} {'ratio':>6} {'step s':>8} {'ratio':>6} {'peak RSS MiB':>12}"
+    if cuda:
+        head += f" {'peak CUDA MiB':>13} {'max batch':>9}"
+    lines = [f"supernet benchmark on {report['machine']['device']} ({report['config']['threads']} threads), "
+             f"C={report['config']['channels']}, {report['config']['layers']} cells, "
+             f"{report['config']['image_size']}x{report['config']['image_size']}, batch {report['config']['batch_size']}",
+             head]
+    for mode, r in report["results"].items():
+        line = (f"{mode:<10} {r['saved_bytes_per_sample'] / 2**20:>16.1f} {r.get('saved_bytes_ratio', 1):>6.3f} "
+                f"{r['step_seconds_median']:>8.3f} {r.get('step_time_ratio', 1):>6.2f} {r['peak_rss_mib']:>12.0f}")
+        if cuda:
+            line += f" {r['peak_cuda_mib']:>13.0f} {r['max_batch_in_budget']:>9d}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def main(cfg: BenchConfig, out: str | None) -> dict:
+    report = run(cfg)
+    print(render(report))
+    if out:
+        os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+        with open(out, "w") as f:
+            json.dump(report, f, indent=2)
+        print(f"written to {out}")
+    return report

@@ -1,0 +1,55 @@
+"""Bytes kept for backward (counted, not timed): the lean and recompute supernets keep what DESIGN.md §4 says they
+need, and no more, for every space."""
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from stacnas.bench import saved_bytes
+from stacnas.spaces import BUILTIN_SPACES
+from stacnas.supernet import Supernet
+
+
+def _saved(space, mode):
+    torch.manual_seed(0)
+    model = Supernet(BUILTIN_SPACES[space], C=4, layers=5, mode=mode)
+    x, y = torch.randn(2, 3, 16, 16), torch.randint(0, 10, (2,))
+    nbytes, loss = saved_bytes(lambda: F.cross_entropy(model(x), y))
+    loss.backward()
+    return nbytes
+
+
+def test_darts_targets():
+    reference = _saved("darts", "reference")
+    assert _saved("darts", "lean") <= 0.55 * reference
+    assert _saved("darts", "recompute") <= 0.10 * reference
+
+
+@pytest.mark.parametrize("space", ["s1", "s2", "s3", "s4"])
+def test_every_space_saves_memory(space):
+    # two or three ops per edge: the cell's fixed costs (preprocessing, states) weigh more than in `darts`
+    reference, lean, recompute = (_saved(space, mode) for mode in ("reference", "lean", "recompute"))
+    assert recompute < 0.25 * reference and lean < 0.75 * reference and recompute < lean
+
+
+def test_saved_bytes_counts_each_storage_once():
+    x = torch.randn(1000, requires_grad=True)
+    nbytes, _ = saved_bytes(lambda: (x * x).sum())  # mul saves x twice: one storage
+    assert nbytes == 4000
+
+
+def test_bench_cli_writes_json(tmp_path):
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, "-m", "stacnas", "bench", "supernet", "--channels", "4", "--layers", "3",
+                             "--image-size", "8", "--batch-size", "2", "--repeats", "1", "--out", str(out)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(out.read_text())
+    assert set(report["results"]) == {"reference", "lean", "recompute"}
+    for r in report["results"].values():
+        assert r["saved_bytes_per_sample"] > 0 and r["step_seconds_median"] > 0 and r["peak_rss_mib"] > 0
+    assert report["results"]["lean"]["saved_bytes_ratio"] < 1
+    assert "saved MiB/sample" in result.stdout
