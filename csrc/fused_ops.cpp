@@ -53,10 +53,14 @@ MixedSumShape check_mixed_sum_args(const std::vector<at::Tensor>& x, const at::T
     TORCH_CHECK(t.scalar_type() == w.scalar_type() && t.device() == w.device(),
                 "mixed_sum: inputs and weights must share dtype and device");
   }
+  return layout_of(x[0]);
+}
+
+MixedSumShape layout_of(const at::Tensor& x) {
   MixedSumShape s{1, 1, 1};
-  if (x[0].dim() >= 1) s.outer = x[0].size(0);
-  if (x[0].dim() >= 2) s.channels = x[0].size(1);
-  s.inner = s.outer * s.channels == 0 ? 0 : x[0].numel() / (s.outer * s.channels);
+  if (x.dim() >= 1) s.outer = x.size(0);
+  if (x.dim() >= 2) s.channels = x.size(1);
+  s.inner = s.outer * s.channels == 0 ? 0 : x.numel() / (s.outer * s.channels);
   return s;
 }
 
@@ -167,6 +171,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mixed_sum_cpu(at::TensorList x_in
     const auto b_acc = b_all.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
     const acc_t* a = a_acc.const_data_ptr<acc_t>();
     const acc_t* b = b_acc.const_data_ptr<acc_t>();
+    std::vector<const scalar_t*> src(K);
+    for (int64_t k = 0; k < K; ++k) src[k] = x[k].const_data_ptr<scalar_t>();
     scalar_t* dst = y.mutable_data_ptr<scalar_t>();
     // One (n, c) plane per task: the coefficients are constant along it.
     at::parallel_for(0, s.outer * C, 1, [&](int64_t p0, int64_t p1) {
@@ -177,7 +183,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mixed_sum_cpu(at::TensorList x_in
         std::fill(row.begin(), row.end(), b[c]);
         for (int64_t k = 0; k < K; ++k) {
           const acc_t ak = a[k * C + c];
-          const scalar_t* xk = x[k].const_data_ptr<scalar_t>() + base;
+          const scalar_t* xk = src[k] + base;
           for (int64_t i = 0; i < s.inner; ++i) row[i] += ak * static_cast<acc_t>(xk[i]);
         }
         for (int64_t i = 0; i < s.inner; ++i) dst[base + i] = static_cast<scalar_t>(row[i]);
@@ -206,6 +212,12 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_sum_backward_cpu(
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, grad.scalar_type(), "mixed_sum_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const scalar_t* g = grad.const_data_ptr<scalar_t>();
+    std::vector<const scalar_t*> src(K);
+    std::vector<scalar_t*> dst(K);
+    for (int64_t k = 0; k < K; ++k) {
+      src[k] = x[k].const_data_ptr<scalar_t>();
+      dst[k] = grad_x[k].mutable_data_ptr<scalar_t>();
+    }
     double* Sp = S.mutable_data_ptr<double>();
     double* Tp = T.mutable_data_ptr<double>();
     at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
@@ -216,7 +228,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_sum_backward_cpu(
           for (int64_t i = 0; i < s.inner; ++i) sg += static_cast<double>(g[base + i]);
           Sp[c] += sg;
           for (int64_t k = 0; k < K; ++k) {
-            const scalar_t* xk = x[k].const_data_ptr<scalar_t>() + base;
+            const scalar_t* xk = src[k] + base;
             double t = 0;
             for (int64_t i = 0; i < s.inner; ++i) t += static_cast<double>(g[base + i]) * static_cast<double>(xk[i]);
             Tp[k * C + c] += t;
@@ -229,16 +241,17 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_sum_backward_cpu(
     const auto A = coef.A.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
     const auto P = coef.P.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
     const auto Q = coef.Q.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+    const acc_t* Ap = A.const_data_ptr<acc_t>();
+    const acc_t* Pp = P.const_data_ptr<acc_t>();
+    const acc_t* Qp = Q.const_data_ptr<acc_t>();
     at::parallel_for(0, s.outer * C, 1, [&](int64_t p0, int64_t p1) {
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t c = p % C;
         const int64_t base = p * s.inner;
         for (int64_t k = 0; k < K; ++k) {
-          const acc_t a = A.const_data_ptr<acc_t>()[k * C + c];
-          const acc_t pk = P.const_data_ptr<acc_t>()[k * C + c];
-          const acc_t q = Q.const_data_ptr<acc_t>()[k * C + c];
-          const scalar_t* xk = x[k].const_data_ptr<scalar_t>() + base;
-          scalar_t* dk = grad_x[k].mutable_data_ptr<scalar_t>() + base;
+          const acc_t a = Ap[k * C + c], pk = Pp[k * C + c], q = Qp[k * C + c];
+          const scalar_t* xk = src[k] + base;
+          scalar_t* dk = dst[k] + base;
           for (int64_t i = 0; i < s.inner; ++i)
             dk[i] = static_cast<scalar_t>(a * static_cast<acc_t>(g[base + i]) + pk * static_cast<acc_t>(xk[i]) + q);
         }
@@ -294,6 +307,64 @@ at::Tensor max_pool2d_backward_from_output_cpu(const at::Tensor& grad_in, const 
   return grad_input;
 }
 
+std::tuple<at::Tensor, at::Tensor> batch_norm_stats_cpu(const at::Tensor& x_in) {
+  const auto x = x_in.contiguous();
+  const auto s = layout_of(x);
+  auto [mean, var] = channel_stats_cpu(x, s);
+  return {mean.to(x.scalar_type()), var.to(x.scalar_type())};
+}
+
+// Backward of act = ReLU((x - mean) rstd) through the BatchNorm: gm = grad_act where act > 0; with batch statistics
+// grad_x = rstd (gm - sum(gm)/n - xhat sum(gm xhat)/n), with fixed ones grad_x = rstd gm.
+at::Tensor batch_norm_relu_backward_cpu(const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& mean,
+                                        const at::Tensor& var, bool training, double eps) {
+  const auto x = x_in.contiguous(), grad = grad_in.contiguous();
+  TORCH_CHECK(grad.sizes() == x.sizes(), "batch_norm_relu_backward: grad and x must have the same shape");
+  const auto s = layout_of(x);
+  const int64_t C = s.channels;
+  const auto md = mean.to(at::kDouble).contiguous(), rd = (var.to(at::kDouble) + eps).rsqrt().contiguous();
+  auto grad_x = at::empty_like(x, at::MemoryFormat::Contiguous);
+  const double count = static_cast<double>(std::max<int64_t>(s.per_channel(), 1));
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "batch_norm_relu_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* gp = grad.const_data_ptr<scalar_t>();
+    scalar_t* dp = grad_x.mutable_data_ptr<scalar_t>();
+    const double* mp = md.const_data_ptr<double>();
+    const double* rp = rd.const_data_ptr<double>();
+    at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
+      for (int64_t c = c0; c < c1; ++c) {
+        const acc_t m = static_cast<acc_t>(mp[c]), r = static_cast<acc_t>(rp[c]);
+        double sum_g = 0, sum_gx = 0;
+        if (training) {
+          for (int64_t n = 0; n < s.outer; ++n) {
+            const scalar_t* xr = xp + (n * C + c) * s.inner;
+            const scalar_t* gr = gp + (n * C + c) * s.inner;
+            for (int64_t i = 0; i < s.inner; ++i) {
+              const acc_t xhat = (static_cast<acc_t>(xr[i]) - m) * r;
+              const acc_t gm = xhat > 0 ? static_cast<acc_t>(gr[i]) : acc_t(0);
+              sum_g += static_cast<double>(gm);
+              sum_gx += static_cast<double>(gm) * static_cast<double>(xhat);
+            }
+          }
+        }
+        const acc_t a = static_cast<acc_t>(sum_g / count), b = static_cast<acc_t>(sum_gx / count);
+        for (int64_t n = 0; n < s.outer; ++n) {
+          const scalar_t* xr = xp + (n * C + c) * s.inner;
+          const scalar_t* gr = gp + (n * C + c) * s.inner;
+          scalar_t* dr = dp + (n * C + c) * s.inner;
+          for (int64_t i = 0; i < s.inner; ++i) {
+            const acc_t xhat = (static_cast<acc_t>(xr[i]) - m) * r;
+            const acc_t gm = xhat > 0 ? static_cast<acc_t>(gr[i]) : acc_t(0);
+            dr[i] = static_cast<scalar_t>(r * (gm - a - xhat * b));
+          }
+        }
+      }
+    });
+  });
+  return grad_x;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(stacnas, m) {
@@ -301,6 +372,8 @@ TORCH_LIBRARY(stacnas, m) {
         "bool training, float eps) -> (Tensor, Tensor, Tensor)");
   m.def("mixed_sum_backward(Tensor grad, Tensor[] x, Tensor w, bool[] normalize, Tensor mean, Tensor var, "
         "bool training, float eps) -> (Tensor[], Tensor)");
+  m.def("batch_norm_stats(Tensor x) -> (Tensor, Tensor)");
+  m.def("batch_norm_relu_backward(Tensor grad, Tensor x, Tensor mean, Tensor var, bool training, float eps) -> Tensor");
   m.def("max_pool2d_backward_from_output(Tensor grad, Tensor input, Tensor output, int[2] kernel_size, "
         "int[2] stride, int[2] padding) -> Tensor");
 }
@@ -309,6 +382,8 @@ TORCH_LIBRARY_IMPL(stacnas, CPU, m) {
   m.impl("mixed_sum", &mixed_sum_cpu);
   m.impl("mixed_sum_backward", &mixed_sum_backward_cpu);
   m.impl("max_pool2d_backward_from_output", &max_pool2d_backward_from_output_cpu);
+  m.impl("batch_norm_stats", &batch_norm_stats_cpu);
+  m.impl("batch_norm_relu_backward", &batch_norm_relu_backward_cpu);
 }
 
 }  // namespace stacnas

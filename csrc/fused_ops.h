@@ -22,6 +22,9 @@ struct MixedSumShape {
   int64_t per_channel() const { return outer * inner; }
 };
 
+// (N, C, inner) of x: channels are dim 1.
+MixedSumShape layout_of(const at::Tensor& x);
+
 // Checks the arguments and returns the layout; every x_k must have x_0's shape, dtype and device.
 MixedSumShape check_mixed_sum_args(const std::vector<at::Tensor>& x, const at::Tensor& w,
                                    const std::vector<bool>& normalize);

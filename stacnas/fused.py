@@ -76,6 +76,14 @@ if _EXT_ERROR is None:
     def _(grad, x, w, normalize, mean, var, training, eps):
         return [torch.empty_like(grad, memory_format=torch.contiguous_format) for _ in x], torch.empty_like(w)
 
+    @torch.library.register_fake("stacnas::batch_norm_stats")
+    def _(x):
+        return x.new_empty(_channels(x)), x.new_empty(_channels(x))
+
+    @torch.library.register_fake("stacnas::batch_norm_relu_backward")
+    def _(grad, x, mean, var, training, eps):
+        return torch.empty_like(x, memory_format=torch.contiguous_format)
+
     @torch.library.register_fake("stacnas::max_pool2d_backward_from_output")
     def _(grad, input, output, kernel_size, stride, padding):
         return torch.empty_like(input, memory_format=torch.contiguous_format)
@@ -164,3 +172,29 @@ def max_pool2d_backward_from_output(grad, input, output, kernel_size, stride, pa
     _, indices = torch.nn.functional.max_pool2d(input, kernel_size, stride, padding, return_indices=True)
     return torch.ops.aten.max_pool2d_with_indices_backward(grad, input, kernel_size, stride, padding, [1, 1], False,
                                                            indices)
+
+
+def _compiled_for(device: torch.device) -> bool:
+    return _EXT_ERROR is None and (device.type == "cpu" or (device.type == "cuda" and cuda_kernels_built()))
+
+
+def batch_norm_stats(x: torch.Tensor):
+    """(mean, biased var) per channel of x (N, C, ...), without autograd: what BatchNorm normalizes with in training."""
+    if _compiled_for(x.device):
+        return torch.ops.stacnas.batch_norm_stats(x.detach())
+    var, mean = torch.var_mean(x.detach(), dim=[0] + list(range(2, x.dim())), correction=0)
+    return mean, var
+
+
+def batch_norm_relu_backward(grad, x, mean, var, training, eps):
+    """Gradient w.r.t. x of ReLU((x - mean) / sqrt(var + eps)), through the batch statistics when training."""
+    if _compiled_for(x.device):
+        return torch.ops.stacnas.batch_norm_relu_backward(grad, x, mean, var, training, eps)
+    with torch.enable_grad():
+        x = x.detach().requires_grad_()
+        if training:
+            var_, mean_ = torch.var_mean(x, dim=[0] + list(range(2, x.dim())), correction=0)
+        else:
+            mean_, var_ = mean, var
+        act = torch.relu((x - _per_channel(mean_, x)) * _per_channel(torch.rsqrt(var_ + eps), x))
+        return torch.autograd.grad(act, x, grad)[0]

@@ -35,18 +35,19 @@ def collect() -> dict:
     else:
         cuda = _backend(True, f"CUDA kernels built; GPU: {torch.cuda.get_device_name(0)}")
     triton_version = _version("triton")
-    interpret = os.environ.get("TRITON_INTERPRET") == "1"
     if triton_version is None:
         triton = _backend(False, "triton is not installed")
     elif not TRITON_KERNELS:
         triton = _backend(False, f"triton {triton_version} is installed; stacnas ships no Triton kernels yet")
     elif gpu:
-        triton = _backend(True, f"triton {triton_version} on {torch.cuda.get_device_name(0)}")
-    elif interpret:
-        triton = _backend(True, f"triton {triton_version} in the CPU interpreter (TRITON_INTERPRET=1; slow)")
+        triton = _backend(True, f"triton {triton_version} on {torch.cuda.get_device_name(0)}: "
+                                f"{', '.join(TRITON_KERNELS)}")
+    elif os.environ.get("TRITON_INTERPRET") == "1":
+        triton = _backend(True, f"triton {triton_version} in the CPU interpreter (TRITON_INTERPRET=1; slow): "
+                                f"{', '.join(TRITON_KERNELS)}")
     else:
         triton = _backend(False, f"triton {triton_version} is installed but no GPU is visible "
-                                 "(TRITON_INTERPRET=1 runs it on the CPU, slowly)")
+                                 "(TRITON_INTERPRET=1 runs its kernels on the CPU, slowly)")
     return {
         "versions": {
             "stacnas": _version("stacnas"),
@@ -70,5 +71,6 @@ def render(info: dict) -> str:
     lines.append("kernel backends:")
     for name, b in info["backends"].items():
         lines.append(f"  {name:<10} {'yes' if b['available'] else 'no ':<4} {b['reason']}")
-    lines.append(f"default choice: {info['kernels']['default']} (STACNAS_KERNELS overrides)")
+    lines.append(f"kernel choice: {info['kernels']['default']} (set STACNAS_KERNELS or --kernels to "
+                 "auto|reference|cpp|cuda|triton)")
     return "\n".join(lines)

@@ -28,40 +28,41 @@ def _per_channel(t, like):
 
 
 class NormReLUConv(torch.autograd.Function):
-    """conv(ReLU(x)) or conv(ReLU((x - mean)·rstd)) that keeps x, not the activation, for backward.
+    """conv(ReLU(x)), or conv(ReLU(BN(x))) with BN statistics (mean, var), keeping x, not the activation, for
+    backward; with batch statistics (training) the gradient flows through them as BatchNorm's does.
 
     `act` may hand in the activation already computed (shared by several convs); it is not kept either.
     """
 
     @staticmethod
-    def forward(ctx, x, mean, rstd, weight, stride, padding, dilation, groups, act):
+    def forward(ctx, x, weight, stride, padding, dilation, groups, act, mean, var, training, eps):
         if act is None:
-            act = F.relu(x if mean is None else (x - _per_channel(mean, x)) * _per_channel(rstd, x))
-        ctx.save_for_backward(x, mean, rstd, weight)
-        ctx.conv = (stride, padding, dilation, groups)
+            act = _activation(x, mean, var, eps)
+        ctx.save_for_backward(x, weight, mean, var)
+        ctx.conv, ctx.training, ctx.eps = (stride, padding, dilation, groups), training, eps
         return F.conv2d(act, weight, None, stride, padding, dilation, groups)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        x, mean, rstd, weight = ctx.saved_tensors
+        x, weight, mean, var = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.conv
-        xhat = x if mean is None else (x - _per_channel(mean, x)) * _per_channel(rstd, x)
-        act = F.relu(xhat)
-        need_x = any(ctx.needs_input_grad[:3])
+        act = _activation(x, mean, var, ctx.eps)
         grad_act, grad_weight, _ = torch.ops.aten.convolution_backward(
             grad, act, weight, None, _pair(stride), _pair(padding), _pair(dilation), False, [0, 0], groups,
-            [need_x, ctx.needs_input_grad[3], False])
-        if not need_x:
-            return None, None, None, grad_weight, None, None, None, None, None
-        grad_xhat = torch.ops.aten.threshold_backward(grad_act, act, 0)
-        if mean is None:
-            return grad_xhat, None, None, grad_weight, None, None, None, None, None
-        dims = [0] + list(range(2, x.dim()))
-        grad_x = grad_xhat * _per_channel(rstd, x)
-        grad_mean = -grad_x.sum(dims)
-        grad_rstd = (grad_xhat * (x - _per_channel(mean, x))).sum(dims)
-        return grad_x, grad_mean, grad_rstd, grad_weight, None, None, None, None, None
+            [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False])
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.threshold_backward(grad_act, act, 0) if mean is None else \
+                fused.batch_norm_relu_backward(grad_act, x, mean, var, ctx.training, ctx.eps)
+        return grad_x, grad_weight, None, None, None, None, None, None, None, None, None
+
+
+def _activation(x, mean, var, eps):
+    if mean is None:
+        return F.relu(x)
+    rstd = torch.rsqrt(var + eps)
+    return F.relu(torch.addcmul(_per_channel(-mean * rstd, x), x, _per_channel(rstd, x)))
 
 
 def _pair(v):
@@ -88,17 +89,25 @@ class MaxPoolNoIndices(torch.autograd.Function):
 
 
 def batch_stats(bn: nn.BatchNorm2d, z: torch.Tensor):
-    """(mean, rstd) that `bn` would normalize z with, updating its running statistics as it would (once)."""
+    """(mean, var, training): the statistics `bn` would normalize z with, and whether they are z's batch statistics
+    (then z's gradient flows through them). Updates the running statistics as `bn` would (once)."""
     if bn.training or not bn.track_running_stats:
-        var, mean = torch.var_mean(z, dim=[0] + list(range(2, z.dim())), correction=0)
+        mean, var = fused.batch_norm_stats(z)
         if bn.training and bn.track_running_stats:
-            _update_running_stats([bn], mean.detach()[None], var.detach()[None], z.numel() // z.shape[1])
-        return mean, torch.rsqrt(var + bn.eps)
-    return bn.running_mean, torch.rsqrt(bn.running_var + bn.eps)
+            _update_running_stats([bn], mean[None], var[None], z.numel() // z.shape[1])
+        return mean, var, True
+    return bn.running_mean, bn.running_var, False
 
 
-def _conv(conv: nn.Conv2d, x, mean=None, rstd=None, act=None):
-    return NormReLUConv.apply(x, mean, rstd, conv.weight, conv.stride, conv.padding, conv.dilation, conv.groups, act)
+def _conv(conv: nn.Conv2d, x, act=None, bn=None):
+    """conv(ReLU(x)), or conv(ReLU(bn(x))) when the BatchNorm(affine=False) `bn` comes first."""
+    mean = var = None
+    training, eps = False, 0.0
+    if bn is not None:
+        mean, var, training = batch_stats(bn, x)
+        eps = bn.eps
+    return NormReLUConv.apply(x, conv.weight, conv.stride, conv.padding, conv.dilation, conv.groups, act, mean, var,
+                              training, eps)
 
 
 def is_none_op(op: nn.Module) -> bool:
@@ -169,8 +178,7 @@ def lean_term(op: nn.Module, h: torch.Tensor, relu_h):
     i = 2
     while i < len(layers) - 1:
         if isinstance(layers[i], nn.BatchNorm2d):  # BN → ReLU → conv inside sep_conv
-            mean, rstd = batch_stats(layers[i], x)
-            x = _conv(layers[i + 2], x, mean, rstd)
+            x = _conv(layers[i + 2], x, bn=layers[i])
             i += 3
         else:
             x = layers[i](x)

@@ -163,3 +163,28 @@ def test_works_under_torch_compile():
     normalize = FLAGS["mixed"]
     compiled = torch.compile(lambda x, w: fused.mixed_sum(x, w, normalize, backend="cpp")[0] * 2, fullgraph=True)
     torch.testing.assert_close(compiled(xs, w), 2 * fused.reference_mixed_sum(xs, w, normalize)[0])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("shape", [(4, 3, 5, 7), (2, 17, 9, 11)])
+def test_batch_norm_stats(device, shape):
+    x = torch.randn(shape, dtype=torch.float64, device=device) * 3 + 2
+    mean, var = torch.ops.stacnas.batch_norm_stats(x)
+    torch.testing.assert_close(mean, x.mean((0, 2, 3)))
+    torch.testing.assert_close(var, x.var((0, 2, 3), unbiased=False))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("shape", [(4, 3, 5, 7), (2, 17, 9, 11)])
+def test_batch_norm_relu_backward(device, training, shape):
+    """The gradient of ReLU(BatchNorm(x)) w.r.t. x, through the batch statistics when training."""
+    x = (torch.randn(shape, dtype=torch.float64, device=device) + 0.3).requires_grad_()
+    grad = torch.randn(shape, dtype=torch.float64, device=device)
+    running_mean, running_var = torch.randn(shape[1], dtype=torch.float64, device=device), \
+        torch.rand(shape[1], dtype=torch.float64, device=device) + 0.5
+    out = torch.relu(F.batch_norm(x, running_mean.clone(), running_var.clone(), training=training, eps=1e-5))
+    expected = torch.autograd.grad(out, x, grad)[0]
+    mean, var = torch.ops.stacnas.batch_norm_stats(x.detach()) if training else (running_mean, running_var)
+    ours = torch.ops.stacnas.batch_norm_relu_backward(grad, x.detach(), mean, var, training, 1e-5)
+    torch.testing.assert_close(ours, expected)

@@ -110,3 +110,17 @@ def test_recompute_supports_autograd_grad():
 def test_unknown_mode():
     with pytest.raises(ValueError, match="unknown memory mode 'frugal'"):
         Supernet(BUILTIN_SPACES["s2"], C=4, layers=3, mode="frugal")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("mode, kernels", [("lean", "auto"), ("lean", "triton"), ("recompute", "auto")])
+def test_modes_on_cuda(mode, kernels):
+    torch.manual_seed(4)
+    reference = Supernet(BUILTIN_SPACES["darts"], C=8, layers=5, mode="reference").cuda()
+    model = copy.deepcopy(reference).set_mode(mode, kernels=kernels)
+    truth = copy.deepcopy(reference).double()
+    x, y = torch.randn(8, 3, 16, 16, device="cuda"), torch.randint(0, 10, (8,), device="cuda")
+    _assert_no_worse_than_reference(_step(model, x, y, 0), _step(reference, x, y, 0), _step(truth, x.double(), y, 0),
+                                    "logits")
+    for (name, p), q, t in zip(reference.named_parameters(), model.parameters(), truth.parameters()):
+        _assert_no_worse_than_reference(q.grad, p.grad, t.grad, name)

@@ -11,6 +11,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/zeros_like.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -271,12 +272,93 @@ at::Tensor max_pool2d_backward_from_output_cuda(const at::Tensor& grad_in, const
   return grad_input;
 }
 
+std::tuple<at::Tensor, at::Tensor> batch_norm_stats_cuda(const at::Tensor& x_in) {
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const auto x = x_in.contiguous();
+  const auto s = layout_of(x);
+  const auto sums = channel_sums(x, {x}, s);
+  const double count = static_cast<double>(std::max<int64_t>(s.per_channel(), 1));
+  const auto mean = sums[0] / count;
+  return {mean.to(x.scalar_type()), (sums[1] / count - mean * mean).clamp_min(0.0).to(x.scalar_type())};
+}
+
+// Per channel: sum gm and sum gm * xhat, gm = grad where xhat = (x - mean) rstd > 0. partial: (2, C, slices).
+template <typename scalar_t>
+__global__ void relu_masked_sums_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ x,
+                                        const double* __restrict__ mean, const double* __restrict__ rstd, int64_t C,
+                                        int64_t N, int64_t inner, double* __restrict__ partial) {
+  __shared__ double shared[kThreads];
+  const int64_t c = blockIdx.x;
+  double sg = 0, sgx = 0;
+  for (int64_t j = blockIdx.y * (int64_t)blockDim.x + threadIdx.x; j < N * inner; j += (int64_t)gridDim.y * blockDim.x) {
+    const int64_t i = ((j / inner) * C + c) * inner + j % inner;
+    const double xhat = (static_cast<double>(x[i]) - mean[c]) * rstd[c];
+    if (xhat > 0) {
+      sg += static_cast<double>(g[i]);
+      sgx += static_cast<double>(g[i]) * xhat;
+    }
+  }
+  const double a = block_sum(sg, shared), b = block_sum(sgx, shared);
+  if (threadIdx.x == 0) {
+    partial[c * gridDim.y + blockIdx.y] = a;
+    partial[(C + c) * gridDim.y + blockIdx.y] = b;
+  }
+}
+
+template <typename scalar_t, typename acc_t>
+__global__ void batch_norm_relu_grad_kernel(const scalar_t* __restrict__ g, const scalar_t* __restrict__ x,
+                                            const acc_t* __restrict__ coef, int64_t C, int64_t inner,
+                                            scalar_t* __restrict__ dx, int64_t n) {
+  // coef: (mean, rstd, sum_gm / count, sum_gm_xhat / count), C entries each
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
+    const int64_t c = (i / inner) % C;
+    const acc_t r = coef[C + c];
+    const acc_t xhat = (static_cast<acc_t>(x[i]) - coef[c]) * r;
+    const acc_t gm = xhat > 0 ? static_cast<acc_t>(g[i]) : acc_t(0);
+    dx[i] = static_cast<scalar_t>(r * (gm - coef[2 * C + c] - xhat * coef[3 * C + c]));
+  }
+}
+
+at::Tensor batch_norm_relu_backward_cuda(const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& mean,
+                                         const at::Tensor& var, bool training, double eps) {
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  const auto x = x_in.contiguous(), grad = grad_in.contiguous();
+  TORCH_CHECK(grad.sizes() == x.sizes(), "batch_norm_relu_backward: grad and x must have the same shape");
+  const auto s = layout_of(x);
+  const int64_t C = s.channels;
+  const auto md = mean.to(at::kDouble).contiguous(), rd = (var.to(at::kDouble) + eps).rsqrt().contiguous();
+  auto sums = at::zeros({2, C}, md.options());
+  auto stream = c10::cuda::getCurrentCUDAStream();
+  auto grad_x = at::empty_like(x, at::MemoryFormat::Contiguous);
+  if (x.numel() == 0) return grad_x;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "batch_norm_relu_backward_cuda", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    if (training) {
+      const int64_t slices = slices_for(s.per_channel());
+      auto partial = at::empty({2, C, slices}, md.options());
+      relu_masked_sums_kernel<scalar_t><<<dim3(C, slices), kThreads, 0, stream>>>(
+          grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), md.const_data_ptr<double>(),
+          rd.const_data_ptr<double>(), C, s.outer, s.inner, partial.mutable_data_ptr<double>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      sums = partial.sum(2) / static_cast<double>(std::max<int64_t>(s.per_channel(), 1));
+    }
+    const auto coef = at::cat({md, rd, sums[0], sums[1]}).to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+    batch_norm_relu_grad_kernel<scalar_t, acc_t><<<grid_for(x.numel()), kThreads, 0, stream>>>(
+        grad.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), coef.const_data_ptr<acc_t>(), C, s.inner,
+        grad_x.mutable_data_ptr<scalar_t>(), x.numel());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+  });
+  return grad_x;
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(stacnas, CUDA, m) {
   m.impl("mixed_sum", &mixed_sum_cuda);
   m.impl("mixed_sum_backward", &mixed_sum_backward_cuda);
   m.impl("max_pool2d_backward_from_output", &max_pool2d_backward_from_output_cuda);
+  m.impl("batch_norm_stats", &batch_norm_stats_cuda);
+  m.impl("batch_norm_relu_backward", &batch_norm_relu_backward_cuda);
 }
 
 }  // namespace stacnas

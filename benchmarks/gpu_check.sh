@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The GPU check: build the CUDA extension, run the kernel tests on CUDA (Triton compiled, not interpreted; fp16 and
+# bf16 included), time the fused sum against the measured copy bandwidth and the supernet modes against each
+# other. Writes everything to benchmarks/results/gpu-<gpu>-<date>.* (or $RESULTS_DIR); commit those files.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+unset TRITON_INTERPRET
+gpu=$(python3 -c "import torch; print(torch.cuda.get_device_name(0).replace(' ', '_'))")
+stem="${RESULTS_DIR:-benchmarks/results}/gpu-${gpu}-$(date +%Y-%m-%d)"
+mkdir -p "$(dirname "$stem")"
+{
+  echo "== build"
+  FORCE_CUDA=1 python3 -m pip install -q --no-build-isolation -e . 2>&1 | grep -v "root' user" || true
+  python3 -m stacnas info
+  echo "== kernel tests on CUDA"
+  python3 -m pytest -q tests/test_fused.py tests/test_triton.py tests/test_modes.py tests/test_dropin.py
+  echo "== fused sum vs copy bandwidth"
+  python3 benchmarks/kernel_bandwidth.py --out "$stem-bandwidth.json"
+  echo "== supernet modes (batch 64)"
+  python3 benchmarks/supernet.py --batch-size 64 --repeats 10 --out "$stem-supernet.json"
+} 2>&1 | tee "$stem.txt"
