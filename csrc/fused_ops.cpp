@@ -96,6 +96,18 @@ std::pair<at::Tensor, at::Tensor> mixed_sum_stats(
   return {mean, var};
 }
 
+std::pair<at::Tensor, at::Tensor> mixed_sum_forward_coefficients(const at::Tensor& w, const at::Tensor& mean,
+                                                                 const at::Tensor& var,
+                                                                 const std::vector<bool>& normalize, double eps) {
+  const auto a = w.to(at::kDouble).view({-1, 1}) * mixed_sum_rstd(var, normalize, eps);
+  return {a, -(a * mean).sum(0)};
+}
+
+void check_mixed_sum_grad(const at::Tensor& grad, const at::Tensor& x0) {
+  TORCH_CHECK(grad.sizes() == x0.sizes(), "mixed_sum_backward: grad shape ", grad.sizes(), " differs from the inputs' ",
+              x0.sizes());
+}
+
 MixedSumBackwardCoefficients mixed_sum_backward_coefficients(const at::Tensor& S, const at::Tensor& T,
                                                              const at::Tensor& w, const std::vector<bool>& normalize,
                                                              const at::Tensor& mean_in, const at::Tensor& var,
@@ -161,9 +173,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mixed_sum_cpu(at::TensorList x_in
   const int64_t C = s.channels;
   auto [mean, var] = mixed_sum_stats(x, normalize, running_mean, running_var, training, C,
                                      [&](const at::Tensor& t) { return channel_stats_cpu(t, s); });
-  const auto rstd = mixed_sum_rstd(var, normalize, eps);
-  const auto a_all = w.to(at::kDouble).view({K, 1}) * rstd;  // y = sum_k a_kc x_k + b_c
-  const auto b_all = -(a_all * mean).sum(0);
+  const auto [a_all, b_all] = mixed_sum_forward_coefficients(w, mean, var, normalize, eps);
   auto y = at::empty_like(x[0], at::MemoryFormat::Contiguous);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "mixed_sum_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -200,8 +210,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_sum_backward_cpu(
   const auto normalize = flags(normalize_list);
   const auto s = check_mixed_sum_args(x, w, normalize);
   const auto grad = grad_in.contiguous();
-  TORCH_CHECK(grad.sizes() == x[0].sizes(), "mixed_sum_backward: grad shape ", grad.sizes(),
-              " differs from the inputs' ", x[0].sizes());
+  check_mixed_sum_grad(grad, x[0]);
   const int64_t K = static_cast<int64_t>(x.size());
   const int64_t C = s.channels;
   auto S = at::zeros({C}, at::dtype(at::kDouble));

@@ -44,6 +44,14 @@ std::pair<at::Tensor, at::Tensor> mixed_sum_stats(
     const c10::optional<at::Tensor>& running_var, bool training, int64_t C,
     const std::function<std::pair<at::Tensor, at::Tensor>(const at::Tensor&)>& batch_stats);
 
+// Coefficients of the forward pass, float64 on var's device: y = sum_k a_kc x_k + b_c.
+std::pair<at::Tensor, at::Tensor> mixed_sum_forward_coefficients(const at::Tensor& w, const at::Tensor& mean,
+                                                                 const at::Tensor& var,
+                                                                 const std::vector<bool>& normalize, double eps);
+
+// grad must be shaped like the inputs.
+void check_mixed_sum_grad(const at::Tensor& grad, const at::Tensor& x0);
+
 // Coefficients of the backward pass, float64 on S's device, from the channel sums S_c = sum g, T_kc = sum g x_k:
 //   dw_k = sum_c rstd_kc (T_kc - mean_kc S_c)
 //   dx_k = A_kc g + P_kc x_k + Q_kc   (training BN: dx = w rstd (g - S/n - xhat * sum(g xhat)/n); else w rstd g)

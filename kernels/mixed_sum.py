@@ -14,6 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
+from stacnas.fused import mixed_sum_autograd
+
 BLOCK = 256
 SLICES_MAX = 64
 PER_LAUNCH = 4
@@ -189,20 +191,7 @@ def _(grad, x, w, normalize, mean, var, training, eps):
     return [torch.empty_like(grad) for _ in x], torch.empty_like(w)
 
 
-def _setup_context(ctx, inputs, output):
-    x, w, normalize, _, _, training, eps = inputs
-    _, mean, var = output
-    ctx.mark_non_differentiable(mean, var)
-    ctx.normalize, ctx.training, ctx.eps = list(normalize), training, eps
-    ctx.save_for_backward(w, mean, var, *x)
-
-
-def _backward(ctx, grad, _grad_mean, _grad_var):
-    w, mean, var, *x = ctx.saved_tensors
-    grad_x, grad_w = _mixed_sum_backward(grad, x, w, ctx.normalize, mean, var, ctx.training, ctx.eps)
-    return list(grad_x), grad_w, None, None, None, None, None
-
-
+_setup_context, _backward = mixed_sum_autograd(_mixed_sum_backward)
 _mixed_sum.register_autograd(_backward, setup_context=_setup_context)
 
 

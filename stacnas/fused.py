@@ -36,6 +36,25 @@ def cuda_kernels_built() -> bool:
     return _EXT_ERROR is None and torch._C._dispatch_has_kernel_for_dispatch_key("stacnas::mixed_sum", "CUDA")
 
 
+def mixed_sum_autograd(backward_op):
+    """(setup_context, backward) for register_autograd of a mixed_sum op whose backward op is `backward_op`
+    (the compiled one here, the Triton one in stacnas.kernels): mean and var carry no gradient."""
+
+    def setup_context(ctx, inputs, output):
+        x, w, normalize, _, _, training, eps = inputs
+        _, mean, var = output
+        ctx.mark_non_differentiable(mean, var)
+        ctx.normalize, ctx.training, ctx.eps = list(normalize), training, eps
+        ctx.save_for_backward(w, mean, var, *x)
+
+    def backward(ctx, grad, _grad_mean, _grad_var):
+        w, mean, var, *x = ctx.saved_tensors
+        grad_x, grad_w = backward_op(grad, x, w, ctx.normalize, mean, var, ctx.training, ctx.eps)
+        return list(grad_x), grad_w, None, None, None, None, None
+
+    return setup_context, backward
+
+
 def _channels(x: torch.Tensor) -> int:
     return x.shape[1] if x.dim() >= 2 else 1
 
@@ -88,19 +107,7 @@ if _EXT_ERROR is None:
     def _(grad, input, output, kernel_size, stride, padding):
         return torch.empty_like(input, memory_format=torch.contiguous_format)
 
-    def _setup_context(ctx, inputs, output):
-        x, w, normalize, _, _, training, eps = inputs
-        _, mean, var = output
-        ctx.mark_non_differentiable(mean, var)
-        ctx.normalize, ctx.training, ctx.eps = list(normalize), training, eps
-        ctx.save_for_backward(w, mean, var, *x)
-
-    def _backward(ctx, grad, _grad_mean, _grad_var):
-        w, mean, var, *x = ctx.saved_tensors
-        grad_x, grad_w = torch.ops.stacnas.mixed_sum_backward(grad, x, w, ctx.normalize, mean, var, ctx.training,
-                                                              ctx.eps)
-        return list(grad_x), grad_w, None, None, None, None, None
-
+    _setup_context, _backward = mixed_sum_autograd(torch.ops.stacnas.mixed_sum_backward)
     torch.library.register_autograd("stacnas::mixed_sum", _backward, setup_context=_setup_context)
 
 

@@ -144,9 +144,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mixed_sum_cuda(at::TensorList x_i
     auto m = sums[0] / count;
     return std::make_pair(m, (sums[1] / count - m * m).clamp_min(0.0));
   });
-  const auto rstd = mixed_sum_rstd(var, normalize, eps);
-  const auto a_all = w.to(at::kDouble).view({K, 1}) * rstd;
-  const auto b_all = -(a_all * mean).sum(0);
+  const auto [a_all, b_all] = mixed_sum_forward_coefficients(w, mean, var, normalize, eps);
   auto y = at::empty_like(x[0], at::MemoryFormat::Contiguous);
   const int64_t n = y.numel();
   if (n > 0) {
@@ -177,8 +175,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_sum_backward_cuda(
   const auto s = check_mixed_sum_args(x, w, normalize);
   const c10::cuda::CUDAGuard guard(w.device());
   const auto grad = grad_in.contiguous();
-  TORCH_CHECK(grad.sizes() == x[0].sizes(), "mixed_sum_backward: grad shape ", grad.sizes(),
-              " differs from the inputs' ", x[0].sizes());
+  check_mixed_sum_grad(grad, x[0]);
   const int K = static_cast<int>(x.size());
   const int64_t C = s.channels;
   const auto sums = channel_sums(grad, x, s);
