@@ -10,8 +10,6 @@ split is always the dataset's own test set (or, for digits, a fixed held-out 300
 from __future__ import annotations
 
 import gzip
-import io
-import os
 import pickle
 from dataclasses import dataclass
 from pathlib import Path
