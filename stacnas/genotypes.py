@@ -195,6 +195,15 @@ def load(spec: str) -> Genotype:
 
 # ---- Derivation from α -------------------------------------------------------------------------------------
 
+def strongest_op(row, ops) -> tuple[float, str] | None:
+    """(weight, op) of the largest non-`none` weight in one edge's row (ties: the earlier op), or None."""
+    cands = [(row[k], -k, op) for k, op in enumerate(ops) if op != "none"]
+    if not cands:
+        return None
+    w, _, op = max(cands)
+    return w, op
+
+
 def derive_cell(weights: torch.Tensor, edge_ops: list[tuple[str, ...]], nodes: int) -> list[tuple[str, int]]:
     """DARTS' rule on softmax weights: each node keeps its 2 strongest incoming edges, strength = the largest
     non-`none` weight of the edge; each kept edge keeps its argmax non-`none` op. Ties go to the earlier edge
@@ -207,11 +216,9 @@ def derive_cell(weights: torch.Tensor, edge_ops: list[tuple[str, ...]], nodes: i
     for node in range(nodes):
         best = []  # (strength, input, op) per incoming edge
         for inp in range(2 + node):
-            ops = edge_ops[start + inp]
-            cands = [(weights[start + inp][k], -k, op) for k, op in enumerate(ops) if op != "none"]
-            if cands:
-                w, _, op = max(cands)
-                best.append((w, inp, op))
+            found = strongest_op(weights[start + inp], edge_ops[start + inp])
+            if found is not None:
+                best.append((found[0], inp, found[1]))
         if len(best) < 2:
             raise ValueError(f"node {node} has fewer than 2 incoming edges with an op other than 'none'")
         best.sort(key=lambda b: -b[0])

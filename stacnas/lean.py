@@ -167,9 +167,11 @@ def lean_term(op: nn.Module, h: torch.Tensor, relu_h):
         return op(h), None
     if len(layers) == 2 and _foldable(layers[1]):
         pool = layers[0]
-        if isinstance(pool, nn.MaxPool2d) and _pool_is(pool, 3, 1) and pool.dilation in (1, (1, 1)) \
-                and not pool.ceil_mode and not pool.return_indices:
-            return MaxPoolNoIndices.apply(h, _single(pool.stride)), layers[1]
+        stride = _pair(pool.stride)
+        if isinstance(pool, nn.MaxPool2d) and _pair(pool.kernel_size) == [3, 3] and _pair(pool.padding) == [1, 1] \
+                and _pair(pool.dilation) == [1, 1] and stride[0] == stride[1] and not pool.ceil_mode \
+                and not pool.return_indices:
+            return MaxPoolNoIndices.apply(h, stride[0]), layers[1]
         if isinstance(pool, (nn.AvgPool2d, nn.MaxPool2d)):
             return pool(h), layers[1]
     if not _conv_chain(layers):
@@ -184,19 +186,6 @@ def lean_term(op: nn.Module, h: torch.Tensor, relu_h):
             x = layers[i](x)
             i += 1
     return x, layers[-1]
-
-
-def _single(v):
-    return v[0] if isinstance(v, (tuple, list)) else v
-
-
-def _pool_is(pool, kernel, padding):
-    same = lambda v: isinstance(v, (tuple, list)) and len(set(v)) == 1  # noqa: E731
-    k = _single(pool.kernel_size) if not isinstance(pool.kernel_size, (tuple, list)) or same(pool.kernel_size) \
-        else None
-    p = _single(pool.padding) if not isinstance(pool.padding, (tuple, list)) or same(pool.padding) else None
-    s = pool.stride if not isinstance(pool.stride, (tuple, list)) or same(pool.stride) else None
-    return k == kernel and p == padding and s is not None
 
 
 def lean_node(edges, states, weights, backend=None):

@@ -89,12 +89,9 @@ def chosen_clusters(supernet, clusters: Clusters) -> dict:
     """Stage 1's decision: per cell type and edge, the cluster of the argmax non-`none` op."""
     choice = {}
     for cell_type, edge_ops in supernet.edge_ops.items():
-        weights = supernet.edge_weights(cell_type).detach().cpu()
-        picks = []
-        for e, ops in enumerate(edge_ops):
-            best = max((float(weights[e, k]), -k, op) for k, op in enumerate(ops) if op != "none")[2]
-            picks.append(clusters.cluster_of(best))
-        choice[cell_type] = picks
+        weights = supernet.edge_weights(cell_type).detach().cpu().tolist()
+        choice[cell_type] = [clusters.cluster_of(genotypes.strongest_op(row, ops)[1])
+                             for row, ops in zip(weights, edge_ops)]
     return choice
 
 
@@ -124,7 +121,8 @@ def train_supernet(model, loader, cfg: SearchConfig, device, log, stage: str):
     weights = list(model.weights())
     for epoch in range(cfg.epochs):
         model.train()
-        start, loss_sum, correct, seen = time.time(), 0.0, 0, 0
+        start, seen = time.time(), 0
+        loss_sum = correct = torch.zeros((), device=device)  # summed on the device: no sync per step
         lr = schedule.get_last_lr()[0]
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -136,11 +134,12 @@ def train_supernet(model, loader, cfg: SearchConfig, device, log, stage: str):
             torch.nn.utils.clip_grad_norm_(weights, cfg.grad_clip)
             w_opt.step()
             a_opt.step()
-            loss_sum += loss.item() * len(y)
-            correct += (logits.argmax(1) == y).sum().item()
+            loss_sum = loss_sum + loss.detach() * len(y)
+            correct = correct + (logits.argmax(1) == y).sum()
             seen += len(y)
         schedule.step()
-        record = {"stage": stage, "epoch": epoch + 1, "train_loss": loss_sum / seen, "train_acc": correct / seen,
+        record = {"stage": stage, "epoch": epoch + 1, "train_loss": loss_sum.item() / seen,
+                  "train_acc": correct.item() / seen,
                   "lr": lr, "seconds": time.time() - start,
                   "alpha_softmax": {t: model.edge_weights(t).detach().cpu().tolist() for t in ("normal", "reduce")}}
         log(record)
