@@ -38,7 +38,19 @@ def _cmd_search(args) -> int:
 
     overrides = {name: getattr(args, name) for name in args.config_fields}
     cfg = resolve(SearchConfig, "search", args.preset, args.config, overrides)
-    run_search(cfg, args.out, force=args.force)
+    if args.resume and args.force:
+        raise UsageError("--resume continues the run in --out; --force would start over: give one of them")
+    run_search(cfg, args.out, force=args.force, resume=args.resume)
+    return 0
+
+
+def _cmd_cluster(args) -> int:
+    from .config import resolve
+    from .search import SearchConfig, run_clustering
+
+    overrides = {name: getattr(args, name) for name in args.config_fields}
+    cfg = resolve(SearchConfig, "search", args.preset, args.config, overrides)
+    run_clustering(cfg, args.out, force=args.force)
     return 0
 
 
@@ -53,6 +65,17 @@ def _cmd_bench(args) -> int:
                       budget_gib=args.budget_gib, threads=args.threads or __import__("torch").get_num_threads())
     bench_main(cfg, args.out)
     return 0
+
+
+def _run_options(p, default_out: str) -> None:
+    from .config import presets
+
+    p.add_argument("--preset", choices=presets("search"), default=None,
+                   help="hyper-parameter preset: paper (StacNAS' CIFAR settings), darts (the DARTS baseline) or "
+                        "quick (minutes on a CPU)")
+    p.add_argument("--config", metavar="YAML", help="YAML file of options (keys as the flags, '-' or '_')")
+    p.add_argument("--out", default=default_out, help=f"output folder (default: {default_out})")
+    p.add_argument("--force", action="store_true", help="write into --out even if it already holds files")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,18 +96,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of DARTS text")
     p.set_defaults(func=_cmd_genotype)
 
-    from .config import add_arguments, presets
+    from .config import add_arguments
     from .search import SearchConfig
 
-    p = sub.add_parser("search", help="search a cell: StacNAS' two stages, or the DARTS baseline",
+    p = sub.add_parser("search", help="search a cell: StacNAS' two stages, or the DARTS / random baselines",
                        description="Search a cell on a dataset (digits, built in, by default) and write genotype.json "
                                    "and genotype.txt. Options come from --preset, then --config, then flags.")
-    p.add_argument("--preset", choices=presets("search"), default=None,
-                   help="hyper-parameter preset: paper (StacNAS' CIFAR settings) or quick (minutes on a CPU)")
-    p.add_argument("--config", metavar="YAML", help="YAML file of options (keys as the flags, '-' or '_')")
-    p.add_argument("--out", default="runs/search", help="output folder (default: runs/search)")
-    p.add_argument("--force", action="store_true", help="write into --out even if it already holds files")
+    _run_options(p, "runs/search")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted search in --out from its last checkpoint (same options)")
     p.set_defaults(func=_cmd_search, config_fields=add_arguments(p, SearchConfig))
+
+    p = sub.add_parser("cluster", help="cluster the operations of a space by the correlation of their outputs",
+                       description="Warm up a supernet holding every op of the space, record the ops' outputs on a "
+                                   "fixed set of training images, and cluster them (average linkage on 1 - |corr|). "
+                                   "Writes clusters.json (usable as 'stacnas search --clusters FILE') and prints "
+                                   "the correlation matrix and dendrogram. Takes the options of 'search'.")
+    _run_options(p, "runs/cluster")
+    p.set_defaults(func=_cmd_cluster, config_fields=add_arguments(p, SearchConfig))
 
     p = sub.add_parser("bench", help="benchmark the supernet's memory modes side by side",
                        description="Run the same supernet in each memory mode in one process and report bytes saved "

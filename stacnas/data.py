@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision.transforms import v2
 
 DATASETS = ("digits", "fashion-mnist", "cifar10", "cifar100", "imagenet", "folder")
@@ -243,12 +243,55 @@ def datasets(name="digits", root=None, augment=True, cutout=0, download=False, i
     raise DataError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
 
 
+class EpochSampler(Sampler):
+    """Shuffled indices that depend only on (seed, epoch), sharded across data-parallel ranks.
+
+    The order of an epoch can be rebuilt from scratch, which is what makes a resumed run see the same batches as
+    an uninterrupted one: `set_epoch(epoch, skip=k)` starts the epoch after its first k indices of this rank.
+    Every rank gets the same number of indices (the permutation is padded by wrapping, as DistributedSampler does).
+    """
+
+    def __init__(self, n: int, seed: int, shuffle: bool = True, rank: int = 0, world: int = 1):
+        self.n, self.seed, self.shuffle, self.rank, self.world = n, seed, shuffle, rank, world
+        self.per_rank = -(-n // world)
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def _indices(self) -> list[int]:
+        if self.shuffle:
+            order = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + 1000003 * self.epoch))
+            order = order.tolist()
+        else:
+            order = list(range(self.n))
+        order += order[: self.per_rank * self.world - self.n]
+        return order[self.rank::self.world]
+
+    def __iter__(self):
+        return iter(self._indices()[self.skip:])
+
+    def __len__(self) -> int:
+        return self.per_rank - self.skip
+
+
 @dataclass
 class Loaders:
     train: DataLoader
     val: DataLoader | None
     test: DataLoader
     info: DataInfo
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        """Rebuild the shuffled order of the training (and validation) set for this epoch, skipping batches done.
+
+        Exact on resume with workers=0 (augmentation draws from the restored global RNG); with worker processes
+        the augmentation of a resumed epoch is seeded afresh.
+        """
+        for loader in (self.train, self.val):
+            if loader is not None:
+                loader.sampler.set_epoch(epoch, skip_batches * loader.batch_size)
+                loader.generator.manual_seed(loader.sampler.seed + 7919 * epoch)
 
 
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
@@ -261,10 +304,12 @@ def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], li
 
 
 def get_loaders(name="digits", root=None, batch_size=64, val_fraction=0.0, augment=True, cutout=0, workers=0,
-                seed=0, download=False, image_size=None, limit=None) -> Loaders:
-    """Loaders for training (shuffled with a seeded generator), an optional validation split and the test set.
+                seed=0, download=False, image_size=None, limit=None, rank=0, world=1) -> Loaders:
+    """Loaders for training, an optional validation split and the test set.
 
-    limit: keep at most this many training and test images (quick runs and tests).
+    Training and validation batches are shuffled by an EpochSampler (order fixed by seed and epoch; call
+    `Loaders.set_epoch` before each epoch) and sharded over `world` data-parallel ranks; batch_size is per rank.
+    The test set is neither shuffled nor sharded. limit: keep at most this many training and test images.
     """
     train, test, info = datasets(name, root, augment, cutout, download, image_size)
     if limit:
@@ -273,14 +318,17 @@ def get_loaders(name="digits", root=None, batch_size=64, val_fraction=0.0, augme
     train_idx, val_idx = split_indices(len(train), val_fraction, seed)
     pin = torch.cuda.is_available()
 
-    def loader(dataset, shuffle, offset):
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers, pin_memory=pin,
-                          generator=torch.Generator().manual_seed(seed + offset) if shuffle else None,
-                          persistent_workers=workers > 0)
+    def loader(dataset, sampler):
+        # Its own generator: starting an epoch must not draw from the global RNG (a resumed run would then differ),
+        # and worker seeds follow (seed, epoch) — set in Loaders.set_epoch.
+        return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, pin_memory=pin,
+                          persistent_workers=workers > 0, generator=torch.Generator().manual_seed(seed))
 
+    train_set = Subset(train, train_idx) if val_idx else train
+    val_set = Subset(train, val_idx) if val_idx else None
     return Loaders(
-        train=loader(Subset(train, train_idx) if val_idx else train, True, 0),
-        val=loader(Subset(train, val_idx), True, 1) if val_idx else None,
-        test=loader(test, False, 2),
+        train=loader(train_set, EpochSampler(len(train_set), seed, True, rank, world)),
+        val=loader(val_set, EpochSampler(len(val_set), seed + 1, True, rank, world)) if val_set else None,
+        test=loader(test, EpochSampler(len(test), seed, False)),
         info=info,
     )

@@ -160,3 +160,13 @@ def search_op(name: str, C: int, stride: int) -> nn.Module:
     if "pool" in name:
         op = nn.Sequential(op, nn.BatchNorm2d(C, affine=False))
     return op
+
+
+_SHORT = {"max_pool_3x3": "max3", "avg_pool_3x3": "avg3", "skip_connect": "skip", "sep_conv_3x3": "sep3",
+          "sep_conv_5x5": "sep5", "sep_conv_7x7": "sep7", "dil_conv_3x3": "dil3", "dil_conv_5x5": "dil5",
+          "nor_conv_1x1": "nor1", "nor_conv_3x3": "nor3"}
+
+
+def short_name(op: str) -> str:
+    """A short label for tables and summaries (max3, sep5, ...)."""
+    return _SHORT.get(op, op)

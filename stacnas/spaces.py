@@ -50,6 +50,37 @@ class Clusters:
     def to_dict(self) -> dict:
         return {"groups": [list(g) for g in self.groups], "representatives": list(self.representatives)}
 
+    def restricted_to(self, ops) -> "Clusters":
+        """These clusters cut down to the given ops (a missing representative becomes the first member present);
+        `noise` stands alone. Every op other than `none` must be covered."""
+        ops = [op for op in ops if op != "none"]
+        uncovered = [op for op in ops if op != "noise" and all(op not in g for g in self.groups)]
+        if uncovered:
+            raise ValueError(f"the clusters do not cover {uncovered}; use --clusters auto to compute them")
+        groups, reps = [], []
+        for group, rep in zip(self.groups, self.representatives):
+            present = tuple(op for op in group if op in ops)
+            if present:
+                groups.append(present)
+                reps.append(rep if rep in present else present[0])
+        if "noise" in ops and ("noise",) not in groups:
+            groups.append(("noise",))
+            reps.append("noise")
+        return Clusters(tuple(groups), tuple(reps))
+
+    @classmethod
+    def from_dict(cls, data: dict, where: str = "clusters") -> "Clusters":
+        """From {"groups": [[op, ...], ...], "representatives": [op, ...]} (representatives optional: first
+        members); other keys, such as the correlation matrices of an automatic clustering, are ignored."""
+        groups = data.get("groups") if isinstance(data, dict) else None
+        if not isinstance(groups, list) or not all(isinstance(g, list) and g for g in groups):
+            raise ValueError(f"{where}: expected 'groups', a list of non-empty lists of op names")
+        reps = data.get("representatives") or [g[0] for g in groups]
+        try:
+            return cls(tuple(tuple(g) for g in groups), tuple(reps))
+        except ValueError as err:
+            raise ValueError(f"{where}: {err}") from None
+
 
 # The clustering StacNAS' reference code hard-coded for the DARTS ops (DESIGN.md §1).
 PAPER_CLUSTERS = Clusters(

@@ -1,0 +1,230 @@
+"""Operator clustering: which candidate operations produce correlated outputs (DESIGN.md §1, "Clustering").
+
+After a short warm-up of a supernet that holds every candidate op, each op's output on chosen edges (the first
+edge of node 0 and the last edge of the last node of every cell) is recorded on a fixed, seeded set of training
+images, before any α weighting. Every element of an op's output (sample × channel × pixel) is one observation
+of that op, so an edge with K ops gives a stream of K-vectors; their K×K covariance is accumulated in one pass
+with Chan's parallel update in float64 (no outputs stored), turned into a correlation matrix per edge, and
+averaged per cell type and overall. Ops are clustered by average-linkage hierarchical clustering on the
+distance 1 − |corr|. `none` (all zeros) and `noise` (independent of the input) have no meaningful correlation:
+they always stand alone (`none` is added to every edge by the search, `noise` becomes its own cluster).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from .ops import short_name
+from .spaces import Clusters
+
+ALONE = ("none", "noise")
+
+
+class CovarianceAccumulator:
+    """Running mean and co-moment matrix of K variables, merged batch by batch (Chan, Golub & LeVeque)."""
+
+    def __init__(self, k: int):
+        self.n = 0
+        self.mean = torch.zeros(k, dtype=torch.float64)
+        self.m2 = torch.zeros(k, k, dtype=torch.float64)
+
+    def update(self, x: torch.Tensor) -> None:
+        """x: (observations, K)."""
+        x = x.detach().to("cpu", torch.float64)
+        nb = x.shape[0]
+        if nb == 0:
+            return
+        mean_b = x.mean(0)
+        centered = x - mean_b
+        m2_b = centered.T @ centered
+        n = self.n + nb
+        delta = mean_b - self.mean
+        self.m2 += m2_b + torch.outer(delta, delta) * (self.n * nb / n)
+        self.mean += delta * (nb / n)
+        self.n = n
+
+    def covariance(self, ddof: int = 1) -> torch.Tensor:
+        return self.m2 / max(self.n - ddof, 1)
+
+    def correlation(self) -> torch.Tensor:
+        """Pearson correlation; NaN in the rows of a variable with zero variance (undefined)."""
+        std = self.m2.diagonal().sqrt()
+        corr = self.m2 / torch.outer(std, std)
+        corr[std == 0, :] = float("nan")
+        corr[:, std == 0] = float("nan")
+        return corr.clamp(-1.0, 1.0)
+
+
+def recorded_edges(num_edges: int) -> tuple[int, int]:
+    """The edges whose outputs are recorded in every cell: the first edge of node 0 and the last edge of the
+    last node."""
+    return 0, num_edges - 1
+
+
+@torch.no_grad()
+def record_correlations(model, images: torch.Tensor, batch_size: int, device) -> dict:
+    """Correlation matrices of the candidate ops on the recorded edges of every cell of a supernet.
+
+    Returns {cell_type: [(ops, K×K correlation), ...]} with one entry per recorded edge and cell. The model is
+    run in eval mode (BN with its running statistics: the outputs are a fixed function of the image).
+    """
+    from .supernet import MixedOp
+
+    was_mode, was_training = model.mode, model.training
+    model.set_mode("reference")
+    model.eval()
+    accumulators, hooks = [], []
+
+    def record(acc, ops, mixed):
+        def hook(_, args):
+            x = args[0]
+            outputs = [mixed._ops[k](x) for k in ops]
+            acc.update(torch.stack([o.reshape(-1) for o in outputs], dim=1))
+        return hook
+
+    for cell in model.cells:
+        cell_type = "reduce" if cell.reduction else "normal"
+        for e in recorded_edges(len(cell._ops)):
+            mixed: MixedOp = cell._ops[e]
+            ops = [k for k, name in enumerate(mixed.primitives) if name not in ALONE]
+            if len(ops) < 2:
+                continue
+            acc = CovarianceAccumulator(len(ops))
+            accumulators.append((cell_type, tuple(mixed.primitives[k] for k in ops), acc))
+            hooks.append(mixed.register_forward_pre_hook(record(acc, ops, mixed)))
+    try:
+        for start in range(0, len(images), batch_size):
+            model(images[start:start + batch_size].to(device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.set_mode(was_mode, model.kernels)
+        model.train(was_training)
+    result = {"normal": [], "reduce": []}
+    for cell_type, ops, acc in accumulators:
+        result[cell_type].append((ops, acc.correlation()))
+    return result
+
+
+def average_correlation(per_edge: list, ops: list[str]) -> torch.Tensor:
+    """Mean over edges of each op pair's correlation (over the edges holding both ops; NaN where none does)."""
+    index = {op: i for i, op in enumerate(ops)}
+    total = torch.zeros(len(ops), len(ops), dtype=torch.float64)
+    count = torch.zeros_like(total)
+    for edge_ops, corr in per_edge:
+        idx = torch.tensor([index[op] for op in edge_ops])
+        defined = ~corr.isnan()
+        total[idx[:, None], idx[None, :]] += torch.where(defined, corr, 0.0)
+        count[idx[:, None], idx[None, :]] += defined.double()
+    return total / count  # 0/0 = NaN: never measured together
+
+
+def cluster_ops(corr: torch.Tensor, ops: list[str], threshold: float | None = 0.5, count: int | None = None):
+    """Average-linkage clustering on 1 − |corr|, cut at a distance threshold or into `count` clusters.
+
+    Returns (groups in op order, scipy linkage matrix or None). An undefined correlation counts as 0.
+    """
+    from scipy.cluster.hierarchy import fcluster, linkage
+    from scipy.spatial.distance import squareform
+
+    if len(ops) == 1:
+        return [(ops[0],)], None
+    distance = (1.0 - corr.abs()).nan_to_num(1.0).clamp(0.0, 1.0).numpy()
+    distance = (distance + distance.T) / 2
+    np.fill_diagonal(distance, 0.0)
+    Z = linkage(squareform(distance, checks=False), method="average")
+    if count:
+        labels = fcluster(Z, t=min(count, len(ops)), criterion="maxclust")
+    else:
+        labels = fcluster(Z, t=threshold, criterion="distance")
+    groups = {}
+    for op, label in zip(ops, labels):
+        groups.setdefault(label, []).append(op)
+    return [tuple(g) for g in groups.values()], Z
+
+
+def mean_alpha(model) -> dict[str, float]:
+    """Each op's softmax weight averaged over every edge (both cell types) that holds it."""
+    sums, counts = {}, {}
+    for cell_type, edge_ops in model.edge_ops.items():
+        weights = model.edge_weights(cell_type).detach().cpu()
+        for e, ops in enumerate(edge_ops):
+            for k, op in enumerate(ops):
+                sums[op] = sums.get(op, 0.0) + float(weights[e, k])
+                counts[op] = counts.get(op, 0) + 1
+    return {op: sums[op] / counts[op] for op in sums}
+
+
+def pick_representatives(groups, rule: str, alpha: dict[str, float]) -> list[str]:
+    """`alpha`: the member with the highest mean softmax weight after warm-up; `first`: the first listed."""
+    if rule == "first":
+        return [g[0] for g in groups]
+    return [max(g, key=lambda op: (alpha.get(op, 0.0), -g.index(op))) for g in groups]
+
+
+def build_clusters(model, images, batch_size, device, ops, threshold, count, rule):
+    """The whole clustering of a warmed-up supernet: (Clusters, report for clusters.json)."""
+    clustered = [op for op in ops if op not in ALONE]
+    per_type = record_correlations(model, images, batch_size, device)
+    matrices = {t: average_correlation(per_type[t], clustered) for t in ("normal", "reduce")}
+    overall = average_correlation(per_type["normal"] + per_type["reduce"], clustered)
+    groups, Z = cluster_ops(overall, clustered, threshold, count) if clustered else ([], None)
+    if "noise" in ops:
+        groups.append(("noise",))
+    alpha = mean_alpha(model)
+    reps = pick_representatives(groups, rule, alpha)
+    clusters = Clusters(tuple(groups), tuple(reps))
+    report = {
+        **clusters.to_dict(),
+        "source": "auto",
+        "alone": [op for op in ops if op in ALONE],
+        "ops": clustered,
+        "distance": "1 - |corr|, average linkage",
+        "cut": {"count": count} if count else {"threshold": threshold},
+        "representative_rule": rule,
+        "mean_alpha_after_warmup": alpha,
+        "images": len(images),
+        "edges_recorded": {t: len(per_type[t]) for t in per_type},
+        "correlation": {"mean": _listed(overall), "normal": _listed(matrices["normal"]),
+                        "reduce": _listed(matrices["reduce"])},
+        "linkage": Z.tolist() if Z is not None else [],
+    }
+    return clusters, report
+
+
+def _listed(matrix: torch.Tensor) -> list:
+    return [[None if math.isnan(v) else round(v, 6) for v in row] for row in matrix.tolist()]
+
+
+def render_matrix(ops: list[str], matrix) -> str:
+    names = [short_name(op) for op in ops]
+    lines = ["      " + " ".join(f"{n:>6}" for n in names)]
+    for name, row in zip(names, matrix):
+        lines.append(f"{name:>6}" + " ".join("     -" if v is None else f"{v:6.2f}" for v in row))
+    return "\n".join(lines)
+
+
+def render_dendrogram(ops: list[str], linkage_rows: list) -> str:
+    """The merge sequence of the linkage, one line per merge: the text form of the dendrogram."""
+    members = {i: [op] for i, op in enumerate(ops)}
+    lines = []
+    for step, (a, b, dist, _) in enumerate(linkage_rows):
+        left, right = members[int(a)], members[int(b)]
+        members[len(ops) + step] = left + right
+        lines.append(f"  d={dist:.3f}  {{{', '.join(map(short_name, left))}}} + {{{', '.join(map(short_name, right))}}}")
+    return "\n".join(lines)
+
+
+def render_report(report: dict) -> str:
+    parts = ["correlation |corr| averaged over the recorded edges (normal and reduction cells):",
+             render_matrix(report["ops"], [[None if v is None else abs(v) for v in row]
+                                           for row in report["correlation"]["mean"]])]
+    if report["linkage"]:
+        parts += ["dendrogram (merges, distance 1 - |corr|):", render_dendrogram(report["ops"], report["linkage"])]
+    parts.append("clusters: " + "  ".join(
+        "{" + ", ".join(g) + "}" + f" rep {r}" for g, r in zip(report["groups"], report["representatives"])))
+    if report["alone"]:
+        parts.append("alone: " + ", ".join(report["alone"]))
+    return "\n".join(parts)

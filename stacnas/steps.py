@@ -1,0 +1,107 @@
+"""One search step in each optimization order, on a supernet with `weights()` and `alphas()`.
+
+- one-level (StacNAS): one loss on a training batch; weights (SGD) and α (Adam) step together.
+- first (DARTS first order): α steps on the gradient of the validation loss, then the weights on the training loss.
+- second (DARTS second order): α steps on the gradient of the validation loss after one unrolled weight step,
+  ∇α L_val(w', α) − η ∇²_{α,w} L_train(w, α) ∇_{w'} L_val(w', α), with w' = w − η (momentum·buf + ∇w L_train + wd·w)
+  and the Hessian-vector product by central finite differences at w ± R·∇_{w'} L_val, R = 0.01 / ‖∇_{w'} L_val‖
+  (DARTS' `Architect._backward_step_unrolled`).
+Gradients are averaged over data-parallel ranks (stacnas.distributed) before any optimizer step.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .distributed import Context, average_gradients, average_tensors
+
+
+def _loss(model, x, y):
+    logits = model(x)
+    return F.cross_entropy(logits, y), logits
+
+
+def weight_step(model, x, y, w_opt, grad_clip: float, ctx: Context):
+    """Step the weights on the training loss; α is left untouched (its gradient is discarded)."""
+    loss, logits = _loss(model, x, y)
+    weights = list(model.weights())
+    w_opt.zero_grad(set_to_none=True)
+    grads = torch.autograd.grad(loss, weights)
+    for p, g in zip(weights, grads):
+        p.grad = g
+    average_gradients(weights, ctx)
+    torch.nn.utils.clip_grad_norm_(weights, grad_clip)
+    w_opt.step()
+    return loss.detach(), logits.detach()
+
+
+def joint_step(model, x, y, w_opt, a_opt, grad_clip: float, ctx: Context):
+    """One-level: one backward, then weights and α step together (the weights' gradient clipped)."""
+    loss, logits = _loss(model, x, y)
+    w_opt.zero_grad(set_to_none=True)
+    a_opt.zero_grad(set_to_none=True)
+    loss.backward()
+    average_gradients(model.parameters(), ctx)
+    torch.nn.utils.clip_grad_norm_(list(model.weights()), grad_clip)
+    w_opt.step()
+    a_opt.step()
+    return loss.detach(), logits.detach()
+
+
+def _set_alpha_grads(model, grads, a_opt):
+    a_opt.zero_grad(set_to_none=True)
+    for a, g in zip(model.alphas(), grads):
+        a.grad = g
+
+
+def alpha_step_first_order(model, x_val, y_val, a_opt, ctx: Context):
+    loss, _ = _loss(model, x_val, y_val)
+    grads = average_tensors(torch.autograd.grad(loss, model.alphas()), ctx)
+    _set_alpha_grads(model, grads, a_opt)
+    a_opt.step()
+    return loss.detach()
+
+
+def unrolled_alpha_grads(model, x_train, y_train, x_val, y_val, eta: float, w_opt, ctx: Context):
+    """The second-order α gradient. Weights and BN buffers are restored afterwards: only α's gradient results."""
+    weights, alphas = list(model.weights()), model.alphas()
+    saved = [p.detach().clone() for p in weights]
+    saved_buffers = [b.detach().clone() for b in model.buffers()]
+    group = w_opt.param_groups[0]
+    momentum, weight_decay = group["momentum"], group["weight_decay"]
+
+    def train_grads(wrt):
+        loss, _ = _loss(model, x_train, y_train)
+        return average_tensors(torch.autograd.grad(loss, wrt), ctx)
+
+    # w' = w − η (momentum·buf + ∇w L_train + wd·w), SGD's next step without clipping (as DARTS)
+    grads = train_grads(weights)
+    with torch.no_grad():
+        for p, g in zip(weights, grads):
+            buf = w_opt.state.get(p, {}).get("momentum_buffer")
+            moment = buf * momentum if buf is not None else 0.0
+            p.sub_(eta * (moment + g + weight_decay * p))
+    loss_val, _ = _loss(model, x_val, y_val)
+    grads = average_tensors(torch.autograd.grad(loss_val, alphas + weights), ctx)
+    d_alpha, d_w = grads[:len(alphas)], grads[len(alphas):]
+
+    R = 0.01 / torch.cat([g.reshape(-1) for g in d_w]).norm()
+    hessian = []
+    for sign in (1.0, -1.0):
+        with torch.no_grad():
+            for p, w0, v in zip(weights, saved, d_w):
+                p.copy_(w0 + sign * R * v)
+        hessian.append(train_grads(alphas))
+    with torch.no_grad():
+        for p, w0 in zip(weights, saved):
+            p.copy_(w0)
+        for b, b0 in zip(model.buffers(), saved_buffers):
+            b.copy_(b0)
+    return [da - eta * (hp - hn) / (2 * R) for da, hp, hn in zip(d_alpha, *hessian)], loss_val.detach()
+
+
+def alpha_step_second_order(model, x_train, y_train, x_val, y_val, eta, w_opt, a_opt, ctx: Context):
+    grads, loss_val = unrolled_alpha_grads(model, x_train, y_train, x_val, y_val, eta, w_opt, ctx)
+    _set_alpha_grads(model, grads, a_opt)
+    a_opt.step()
+    return loss_val
