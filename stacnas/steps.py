@@ -62,8 +62,13 @@ def alpha_step_first_order(model, x_val, y_val, a_opt, ctx: Context):
     return loss.detach()
 
 
-def unrolled_alpha_grads(model, x_train, y_train, x_val, y_val, eta: float, w_opt, ctx: Context):
-    """The second-order α gradient. Weights and BN buffers are restored afterwards: only α's gradient results."""
+def unrolled_alpha_grads(model, x_train, y_train, x_val, y_val, eta: float, w_opt, ctx: Context, r: float = 0.01):
+    """The second-order α gradient. Weights and BN buffers are restored afterwards: only α's gradient results.
+
+    r: the finite-difference radius is r / ‖∇_{w'} L_val‖ (DARTS: 0.01). ReLU and max-pool make the loss only
+    piecewise smooth, so at DARTS' radius the Hessian-vector product is an approximation; tests use a small r
+    to check the arithmetic against finite differences of the unrolled objective itself.
+    """
     weights, alphas = list(model.weights()), model.alphas()
     saved = [p.detach().clone() for p in weights]
     saved_buffers = [b.detach().clone() for b in model.buffers()]
@@ -85,7 +90,7 @@ def unrolled_alpha_grads(model, x_train, y_train, x_val, y_val, eta: float, w_op
     grads = average_tensors(torch.autograd.grad(loss_val, alphas + weights), ctx)
     d_alpha, d_w = grads[:len(alphas)], grads[len(alphas):]
 
-    R = 0.01 / torch.cat([g.reshape(-1) for g in d_w]).norm()
+    R = r / torch.cat([g.reshape(-1) for g in d_w]).norm()
     hessian = []
     for sign in (1.0, -1.0):
         with torch.no_grad():

@@ -7,7 +7,7 @@ import pytest
 from stacnas import genotypes
 
 TINY = ["--preset", "quick", "--epochs", "1", "--limit", "96", "--channels", "4", "--stage1-layers", "3",
-        "--stage2-layers", "4", "--darts-layers", "3", "--batch-size", "32"]
+        "--stage2-layers", "4", "--darts-layers", "3", "--batch-size", "32", "--darts-epochs", "1"]
 
 
 def run(*args, cwd=None):
@@ -34,6 +34,11 @@ def assert_usage_error(result, *fragments):
     (["search", "--space", "s9"], ["unknown search space 's9'"]),
     (["search", "--dataset", "cifar10", "--data-root", "/nonexistent"], ["cifar10", "/nonexistent"]),
     (["search", "--config", "/nonexistent.yaml"], ["config file /nonexistent.yaml does not exist"]),
+    (["search", "--clusters", "mine.json"], ["--clusters 'mine.json'", "paper, auto"]),
+    (["search", "--space", "s1", "--clusters", "paper", "--order", "sideways"], ["invalid choice: 'sideways'"]),
+    (["search", "--resume"], ["holds no search to resume"]),
+    (["search", "--resume", "--force"], ["--resume", "--force"]),
+    (["cluster", "--cluster-images", "0"], ["cluster-images must be at least 1"]),
     (["genotype", "Genotype(normal=[('sep_conv_3x3', 0)"], ["line 1, column 17"]),
     (["genotype", "NOT_A_CELL"], ["neither a known name"]),
 ])
@@ -91,3 +96,24 @@ def test_search_writes_a_valid_genotype(tmp_path, method):
     # the output folder is never overwritten silently
     again = run("search", *TINY, "--method", method, "--out", str(out))
     assert_usage_error(again, "already holds files", "--force")
+
+
+def test_cluster_command_writes_clusters_that_search_accepts(tmp_path):
+    out = tmp_path / "c"
+    result = run("cluster", *TINY, "--space", "s2", "--cluster-layers", "3", "--cluster-epochs", "1",
+                 "--cluster-images", "32", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    report = json.loads((out / "clusters.json").read_text())
+    assert sorted(op for g in report["groups"] for op in g) == ["sep_conv_3x3", "skip_connect"]
+    assert "correlation" in result.stdout and "clusters:" in result.stdout
+    search = run("search", *TINY, "--space", "s2", "--clusters", str(out / "clusters.json"), "--out",
+                 str(tmp_path / "s"))
+    assert search.returncode == 0, search.stderr
+    assert json.loads((tmp_path / "s" / "clusters.json").read_text())["groups"] == report["groups"]
+
+
+def test_random_baseline(tmp_path):
+    result = run("search", "--method", "random", "--space", "s3", "--seed", "4", "--out", str(tmp_path / "r"))
+    assert result.returncode == 0, result.stderr
+    genotype = genotypes.load(str(tmp_path / "r" / "genotype.txt"))
+    assert all(op in ("skip_connect", "sep_conv_3x3") for op, _ in genotype.normal + genotype.reduce)
