@@ -54,6 +54,58 @@ def _cmd_cluster(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    from .config import resolve
+    from .train import TrainConfig, run_train
+
+    overrides = {name: getattr(args, name) for name in args.config_fields}
+    cfg = resolve(TrainConfig, "train", args.preset, args.config, overrides)
+    if args.resume and args.force:
+        raise UsageError("--resume continues the run in --out; --force would start over: give one of them")
+    run_train(cfg, args.out, force=args.force, resume=args.resume)
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from .train import run_eval
+
+    result = run_eval(args.checkpoint, args.dataset, args.data_root, args.batch_size, args.device, args.limit,
+                      args.workers)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(f"{result['dataset']}: test top-1 {result['test_top1']:.2f}%, top-5 {result['test_top5']:.2f}% "
+              f"on {result['images']} images")
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from .train import export
+
+    path = export(args.checkpoint, args.out, args.format, args.batch_size)
+    print(f"wrote {path} ({args.format})")
+    return 0
+
+
+def _cmd_run(args) -> int:
+    """Search, then train the found cell: <out>/search and <out>/train."""
+    from pathlib import Path
+
+    from .config import prepare_out_dir, resolve
+    from .search import SearchConfig, run_search
+    from .train import TrainConfig, run_train
+
+    shared = {k: getattr(args, k) for k in ("dataset", "data_root", "device", "seed", "limit")}
+    search_cfg = resolve(SearchConfig, "search", args.preset, args.search_config, shared)
+    train_preset = {"paper": "cifar"}.get(args.preset, args.preset)
+    train_cfg = resolve(TrainConfig, "train", train_preset, args.train_config, shared)
+    out = prepare_out_dir(args.out, args.force)
+    run_search(search_cfg, str(out / "search"), force=args.force)
+    train_cfg.genotype = str(Path(out) / "search" / "genotype.json")
+    run_train(train_cfg, str(out / "train"), force=args.force)
+    return 0
+
+
 def _cmd_bench(args) -> int:
     from .bench import BenchConfig, main as bench_main
 
@@ -96,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of DARTS text")
     p.set_defaults(func=_cmd_genotype)
 
-    from .config import add_arguments
+    from .config import add_arguments, presets
     from .search import SearchConfig
 
     p = sub.add_parser("search", help="search a cell: StacNAS' two stages, or the DARTS / random baselines",
@@ -114,6 +166,60 @@ def build_parser() -> argparse.ArgumentParser:
                                    "the correlation matrix and dendrogram. Takes the options of 'search'.")
     _run_options(p, "runs/cluster")
     p.set_defaults(func=_cmd_cluster, config_fields=add_arguments(p, SearchConfig))
+
+    from .train import EXPORT_FORMATS, TrainConfig
+
+    p = sub.add_parser("train", help="train a cell from scratch and report its test accuracy",
+                       description="Train a genotype (a search's genotype.json, DARTS text or a known name) from "
+                                   "scratch; writes model.pt, result.json (last-epoch test accuracy, parameters, "
+                                   "multiply-adds) and metrics.jsonl. Options come from --preset, --config, flags.")
+    p.add_argument("--preset", choices=presets("train"), default=None,
+                   help="cifar (DARTS' 600-epoch recipe), imagenet (mobile setting) or quick (minutes on a CPU)")
+    p.add_argument("--config", metavar="YAML", help="YAML file of options (keys as the flags, '-' or '_')")
+    p.add_argument("--out", default="runs/train", help="output folder (default: runs/train)")
+    p.add_argument("--force", action="store_true", help="write into --out even if it already holds files")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the interrupted training in --out from its last checkpoint (same options)")
+    p.set_defaults(func=_cmd_train, config_fields=add_arguments(p, TrainConfig))
+
+    p = sub.add_parser("eval", help="test accuracy of a trained network",
+                       description="Evaluate a network saved by 'stacnas train' (model.pt, read with "
+                                   "weights_only=True) on a dataset's test split.")
+    p.add_argument("--checkpoint", required=True, help="model.pt written by 'stacnas train'")
+    p.add_argument("--dataset", default="digits", help="dataset (default: digits)")
+    p.add_argument("--data-root", default=None, help="folder holding the dataset files")
+    p.add_argument("--batch-size", type=int, default=256, help="batch size (default: 256)")
+    p.add_argument("--limit", type=int, default=0, help="evaluate at most this many test images (0: all)")
+    p.add_argument("--workers", type=int, default=0, help="data-loading worker processes (default: 0)")
+    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("export", help="export a trained network for inference (torch.export, TorchScript, ONNX)",
+                       description="Write a network saved by 'stacnas train' as an image -> logits program.")
+    p.add_argument("--checkpoint", required=True, help="model.pt written by 'stacnas train'")
+    p.add_argument("--format", choices=EXPORT_FORMATS, default="export",
+                   help="export: torch.export program (.pt2, torch.export.load); torchscript: traced module "
+                        "(torch.jit.load); onnx: needs the onnx and onnxscript packages (default: export)")
+    p.add_argument("--batch-size", type=int, default=1, help="batch size of the example input (default: 1)")
+    p.add_argument("--out", required=True, help="file to write (never overwritten)")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("run", help="the whole pipeline: search a cell, then train it from scratch",
+                       description="Run 'stacnas search' into OUT/search, then 'stacnas train' on the found cell into "
+                                   "OUT/train. --preset quick uses both quick presets; paper uses search 'paper' and "
+                                   "train 'cifar'.")
+    p.add_argument("--preset", choices=["quick", "paper"], default="quick", help="quick or paper (default: quick)")
+    p.add_argument("--search-config", metavar="YAML", help="YAML options of the search")
+    p.add_argument("--train-config", metavar="YAML", help="YAML options of the training")
+    p.add_argument("--dataset", default=None, help="dataset of both steps (default: the presets')")
+    p.add_argument("--data-root", default=None, help="folder holding the dataset files")
+    p.add_argument("--device", default=None, help="cpu, cuda or auto")
+    p.add_argument("--seed", type=int, default=None, help="random seed of both steps")
+    p.add_argument("--limit", type=int, default=None, help="use at most this many training images (0: all)")
+    p.add_argument("--out", default="runs/run", help="output folder (default: runs/run)")
+    p.add_argument("--force", action="store_true", help="write into --out even if it already holds files")
+    p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("bench", help="benchmark the supernet's memory modes side by side",
                        description="Run the same supernet in each memory mode in one process and report bytes saved "

@@ -16,6 +16,11 @@ import yaml
 PRESET_DIR = Path(__file__).parent / "presets"
 
 
+def option(default, help, **meta):
+    """A configuration field: its default, its --help text and argparse extras (choices, type)."""
+    return dataclasses.field(default=default, metadata={"help": help, **meta})
+
+
 def presets(command: str) -> list[str]:
     return sorted(p.stem.split("-", 1)[1] for p in PRESET_DIR.glob(f"{command}-*.yaml"))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import platform
+import resource
 
 import torch
 
@@ -74,3 +75,11 @@ def render(info: dict) -> str:
     lines.append(f"kernel choice: {info['kernels']['default']} (set STACNAS_KERNELS or --kernels to "
                  "auto|reference|cpp|cuda|triton)")
     return "\n".join(lines)
+
+
+def peak_memory() -> dict:
+    """Peak resident memory of this process (and peak CUDA memory allocated, when CUDA was used), in MiB."""
+    mem = {"peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        mem["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return mem

@@ -49,6 +49,21 @@ class Cell(nn.Module):
         return torch.cat([states[i] for i in self._concat], dim=1)
 
 
+class AuxiliaryPool(nn.Module):
+    """DARTS' 5×5 average pool (stride 3 for CIFAR's 8×8 input, 2 for ImageNet's 7×7), which gives 2×2. Inputs of
+    other sizes (digits: 2×2, Fashion-MNIST: 7×7 at stride 3) are pooled adaptively to the same 2×2."""
+
+    def __init__(self, stride: int):
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        if (h - 5) // self.stride + 1 == 2 and (w - 5) // self.stride + 1 == 2:
+            return nn.functional.avg_pool2d(x, 5, self.stride, 0, count_include_pad=False)
+        return nn.functional.adaptive_avg_pool2d(x, 2)
+
+
 class AuxiliaryHead(nn.Sequential):
     """DARTS' auxiliary classifier. CIFAR: 8×8 input (pool stride 3 → 2×2); ImageNet: 7×7 input, pool stride 2 and,
     as in DARTS' released code, no BN after the 768-channel conv."""
@@ -56,7 +71,7 @@ class AuxiliaryHead(nn.Sequential):
     def __init__(self, C, num_classes, imagenet=False):
         layers = [
             nn.ReLU(inplace=True),
-            nn.AvgPool2d(5, stride=2 if imagenet else 3, padding=0, count_include_pad=False),
+            AuxiliaryPool(stride=2 if imagenet else 3),
             nn.Conv2d(C, 128, 1, bias=False),
             nn.BatchNorm2d(128),
             nn.ReLU(inplace=True),

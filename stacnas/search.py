@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
-import resource
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,8 +17,9 @@ from pathlib import Path
 import torch
 
 from . import checkpoint, distributed, genotypes, steps
-from .config import prepare_out_dir, save_run_info
+from .config import option, prepare_out_dir, save_run_info
 from .data import datasets, get_loaders
+from .info import peak_memory
 from .ops import short_name
 from .progress import Progress
 from .spaces import PAPER_CLUSTERS, Clusters, SearchSpace, load_space
@@ -27,57 +27,53 @@ from .spaces import PAPER_CLUSTERS, Clusters, SearchSpace, load_space
 ORDERS = ("auto", "one-level", "first", "second")
 
 
-def _opt(default, help, **meta):
-    return field(default=default, metadata={"help": help, **meta})
-
-
 @dataclass
 class SearchConfig:
-    method: str = _opt("stacnas", "stacnas: clusters, then stage 1 (clusters) and stage 2 (ops); darts: one stage "
+    method: str = option("stacnas", "stacnas: clusters, then stage 1 (clusters) and stage 2 (ops); darts: one stage "
                                   "over all ops (the baseline); random: a random cell of the space",
                        choices=["stacnas", "darts", "random"])
-    space: str = _opt("darts", "search space: darts, s1, s2, s3, s4 or a YAML/JSON space file")
-    clusters: str | None = _opt(None, "operator clusters: paper (published, DARTS ops), auto (computed), or a JSON "
+    space: str = option("darts", "search space: darts, s1, s2, s3, s4 or a YAML/JSON space file")
+    clusters: str | None = option(None, "operator clusters: paper (published, DARTS ops), auto (computed), or a JSON "
                                       "file such as a previous clusters.json (default: the space file's own "
                                       "clusters, else paper)", type=str)
-    order: str = _opt("auto", "optimization: one-level, first or second (DARTS bi-level); auto: one-level for "
+    order: str = option("auto", "optimization: one-level, first or second (DARTS bi-level); auto: one-level for "
                               "stacnas, second for darts", choices=list(ORDERS))
-    dataset: str = _opt("digits", "dataset (digits is built in and offline)")
-    data_root: str | None = _opt(None, "folder holding the dataset files", type=str)
-    download: bool = _opt(False, "download the dataset if missing (where a network exists)")
-    limit: int = _opt(0, "use at most this many training images (0: all)")
-    val_fraction: float = _opt(0.5, "share of the training images held out as validation data in bi-level search")
-    seed: int = _opt(0, "random seed of weights, α, clustering images and data order")
-    batch_size: int = _opt(64, "mini-batch size (per process under torchrun)")
-    workers: int = _opt(0, "data-loading worker processes")
-    channels: int = _opt(16, "initial channels C of the supernet")
-    nodes: int = _opt(4, "intermediate nodes per cell")
-    stage1_layers: int = _opt(14, "cells in the stage-1 (cluster-level) supernet")
-    stage2_layers: int = _opt(20, "cells in the stage-2 supernet (the final depth: complexity match)")
-    darts_layers: int = _opt(8, "cells in the DARTS baseline supernet")
-    epochs: int = _opt(80, "epochs of each StacNAS stage")
-    darts_epochs: int = _opt(50, "epochs of the DARTS baseline")
-    cluster_layers: int = _opt(8, "cells of the warm-up supernet of automatic clustering")
-    cluster_epochs: int = _opt(10, "warm-up epochs before the op outputs are recorded (automatic clustering)")
-    cluster_images: int = _opt(10000, "training images whose op outputs are recorded (automatic clustering)")
-    cluster_threshold: float = _opt(0.5, "cut the dendrogram at this distance 1 - |corr|")
-    cluster_count: int = _opt(0, "cut into this many clusters instead of at the threshold (0: use the threshold)")
-    cluster_representative: str = _opt("alpha", "representative of a cluster: alpha (highest mean softmax weight "
+    dataset: str = option("digits", "dataset (digits is built in and offline)")
+    data_root: str | None = option(None, "folder holding the dataset files", type=str)
+    download: bool = option(False, "download the dataset if missing (where a network exists)")
+    limit: int = option(0, "use at most this many training images (0: all)")
+    val_fraction: float = option(0.5, "share of the training images held out as validation data in bi-level search")
+    seed: int = option(0, "random seed of weights, α, clustering images and data order")
+    batch_size: int = option(64, "mini-batch size (per process under torchrun)")
+    workers: int = option(0, "data-loading worker processes")
+    channels: int = option(16, "initial channels C of the supernet")
+    nodes: int = option(4, "intermediate nodes per cell")
+    stage1_layers: int = option(14, "cells in the stage-1 (cluster-level) supernet")
+    stage2_layers: int = option(20, "cells in the stage-2 supernet (the final depth: complexity match)")
+    darts_layers: int = option(8, "cells in the DARTS baseline supernet")
+    epochs: int = option(80, "epochs of each StacNAS stage")
+    darts_epochs: int = option(50, "epochs of the DARTS baseline")
+    cluster_layers: int = option(8, "cells of the warm-up supernet of automatic clustering")
+    cluster_epochs: int = option(10, "warm-up epochs before the op outputs are recorded (automatic clustering)")
+    cluster_images: int = option(10000, "training images whose op outputs are recorded (automatic clustering)")
+    cluster_threshold: float = option(0.5, "cut the dendrogram at this distance 1 - |corr|")
+    cluster_count: int = option(0, "cut into this many clusters instead of at the threshold (0: use the threshold)")
+    cluster_representative: str = option("alpha", "representative of a cluster: alpha (highest mean softmax weight "
                                                 "after warm-up) or first (first listed)", choices=["alpha", "first"])
-    w_lr: float = _opt(0.025, "SGD learning rate of the weights (cosine schedule)")
-    w_lr_min: float = _opt(0.001, "final learning rate of the cosine schedule")
-    w_momentum: float = _opt(0.9, "SGD momentum")
-    w_weight_decay: float = _opt(3e-4, "weight decay of the weights")
-    grad_clip: float = _opt(3.0, "clip the weights' gradient norm at this value")
-    a_lr: float = _opt(3e-4, "Adam learning rate of α")
-    a_betas: tuple = _opt((0.5, 0.999), "Adam betas of α")
-    a_weight_decay: float = _opt(1e-3, "weight decay of α")
-    checkpoint_every: int = _opt(0, "also checkpoint every this many steps (0: at the end of every epoch only)")
-    device: str = _opt("auto", "cpu, cuda or auto")
-    memory_mode: str = _opt("lean", "supernet memory mode: lean (fused, exact, about half the memory), recompute "
+    w_lr: float = option(0.025, "SGD learning rate of the weights (cosine schedule)")
+    w_lr_min: float = option(0.001, "final learning rate of the cosine schedule")
+    w_momentum: float = option(0.9, "SGD momentum")
+    w_weight_decay: float = option(3e-4, "weight decay of the weights")
+    grad_clip: float = option(3.0, "clip the weights' gradient norm at this value")
+    a_lr: float = option(3e-4, "Adam learning rate of α")
+    a_betas: tuple = option((0.5, 0.999), "Adam betas of α")
+    a_weight_decay: float = option(1e-3, "weight decay of α")
+    checkpoint_every: int = option(0, "also checkpoint every this many steps (0: at the end of every epoch only)")
+    device: str = option("auto", "cpu, cuda or auto")
+    memory_mode: str = option("lean", "supernet memory mode: lean (fused, exact, about half the memory), recompute "
                                     "(least memory, recomputes in backward) or reference (plain PyTorch)",
                             choices=["lean", "recompute", "reference"])
-    kernels: str = _opt("auto", "kernel backend of the fused sum: auto, reference, cpp, cuda or triton",
+    kernels: str = option("auto", "kernel backend of the fused sum: auto, reference, cpp, cuda or triton",
                         choices=["auto", "reference", "cpp", "cuda", "triton"])
 
     def validate(self):
@@ -206,13 +202,6 @@ def _optimizers(model, cfg: SearchConfig, epochs: int):
     return w_opt, a_opt, schedule
 
 
-def _memory() -> dict:
-    mem = {"peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        mem["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    return mem
-
-
 def _batches(run: Run, order: str):
     if order == "one-level":
         return ((batch, None) for batch in run.loaders.train)
@@ -290,7 +279,7 @@ def _train_epoch(run, name, order, model, opts, epoch, epochs, step, totals):
     total = distributed.sum_over_ranks(totals, ctx).tolist()
     record = {"stage": name, "epoch": epoch + 1, "epochs": epochs, "train_loss": total[0] / total[2],
               "train_acc": total[1] / total[2], "lr": lr, "seconds": round(time.time() - started, 2),
-              **_memory(),
+              **peak_memory(),
               "alpha_softmax": {t: model.edge_weights(t).detach().cpu().tolist() for t in ("normal", "reduce")}}
     if order != "one-level":
         record["val_loss"] = total[3] / max(total[4], 1.0)
@@ -454,7 +443,7 @@ def run_search(cfg: SearchConfig, out_dir: str, force: bool = False, resume: boo
         genotype = model.genotype()
         alphas = {t: model.edge_weights(t).detach().cpu() for t in ("normal", "reduce")}
         summary.update(genotype=genotypes.to_dict(genotype), seconds=round(time.time() - run.started, 1),
-                       **_memory())
+                       **peak_memory())
         if run.ctx.is_main:
             _write_result(run.out, genotype, summary)
         return SearchResult(genotype, alphas, summary)
@@ -468,7 +457,7 @@ def _random_search(cfg: SearchConfig, space: SearchSpace, out_dir: str, force: b
     save_run_info(out, cfg)
     genotype = random_genotype(space, cfg.nodes, cfg.seed)
     summary = {"method": "random", "space": space.name, "seed": cfg.seed, "genotype": genotypes.to_dict(genotype),
-               "seconds": 0.0, **_memory()}
+               "seconds": 0.0, **peak_memory()}
     _write_result(out, genotype, summary)
     return SearchResult(genotype, {}, summary)
 

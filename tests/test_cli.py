@@ -39,11 +39,18 @@ def assert_usage_error(result, *fragments):
     (["search", "--resume"], ["holds no search to resume"]),
     (["search", "--resume", "--force"], ["--resume", "--force"]),
     (["cluster", "--cluster-images", "0"], ["cluster-images must be at least 1"]),
+    (["train", "--genotype", "NOPE"], ["NOPE"]),
+    (["train", "--layers", "2"], ["layers must be at least 3"]),
+    (["train", "--amp", "fp16", "--device", "cpu"], ["fp16 needs a CUDA device"]),
+    (["train", "--resume"], ["holds no interrupted training"]),
+    (["eval", "--checkpoint", "/nonexistent.pt"], ["no checkpoint at /nonexistent.pt"]),
+    (["export", "--checkpoint", "/nonexistent.pt", "--out", "x.pt2"], ["no checkpoint at /nonexistent.pt"]),
     (["genotype", "Genotype(normal=[('sep_conv_3x3', 0)"], ["line 1, column 17"]),
     (["genotype", "NOT_A_CELL"], ["neither a known name"]),
 ])
 def test_bad_input_is_one_line_and_exit_2(args, fragments, tmp_path):
-    assert_usage_error(run(*args, "--out", str(tmp_path / "o")) if args[0] == "search" else run(*args), *fragments)
+    with_out = args[0] in ("search", "cluster", "train")
+    assert_usage_error(run(*args, "--out", str(tmp_path / "o")) if with_out else run(*args), *fragments)
 
 
 def test_bad_config_key(tmp_path):
@@ -117,3 +124,23 @@ def test_random_baseline(tmp_path):
     assert result.returncode == 0, result.stderr
     genotype = genotypes.load(str(tmp_path / "r" / "genotype.txt"))
     assert all(op in ("skip_connect", "sep_conv_3x3") for op, _ in genotype.normal + genotype.reduce)
+
+
+def test_run_searches_then_trains_and_eval_export_read_the_result(tmp_path):
+    out = tmp_path / "p"
+    search_cfg, train_cfg = tmp_path / "s.yaml", tmp_path / "t.yaml"
+    search_cfg.write_text("epochs: 1\nchannels: 4\nstage1_layers: 3\nstage2_layers: 4\nbatch_size: 32\n")
+    train_cfg.write_text("epochs: 1\nchannels: 4\nlayers: 3\nbatch_size: 32\n")
+    result = run("run", "--preset", "quick", "--search-config", str(search_cfg), "--train-config", str(train_cfg),
+                 "--limit", "96", "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    found = genotypes.load(str(out / "search" / "genotype.json"))
+    assert genotypes.load(str(out / "train" / "genotype.json")) == found
+    trained = json.loads((out / "train" / "result.json").read_text())
+    evaluated = run("eval", "--checkpoint", str(out / "train" / "model.pt"), "--limit", "96", "--json")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert json.loads(evaluated.stdout)["test_top1"] == pytest.approx(trained["test_top1"])
+    exported = run("export", "--checkpoint", str(out / "train" / "model.pt"), "--out", str(tmp_path / "n.pt2"))
+    assert exported.returncode == 0 and (tmp_path / "n.pt2").is_file(), exported.stderr
+    again = run("export", "--checkpoint", str(out / "train" / "model.pt"), "--out", str(tmp_path / "n.pt2"))
+    assert_usage_error(again, "already exists")
