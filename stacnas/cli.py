@@ -32,37 +32,34 @@ def _cmd_genotype(args) -> int:
     return 0
 
 
-def _cmd_search(args) -> int:
+def _config(args, cls, command: str):
+    """The command's configuration: preset ← --config YAML ← the flags given."""
     from .config import resolve
+
+    if getattr(args, "resume", False) and args.force:
+        raise UsageError("--resume continues the run in --out; --force would start over: give one of them")
+    overrides = {name: getattr(args, name) for name in args.config_fields}
+    return resolve(cls, command, args.preset, args.config, overrides)
+
+
+def _cmd_search(args) -> int:
     from .search import SearchConfig, run_search
 
-    overrides = {name: getattr(args, name) for name in args.config_fields}
-    cfg = resolve(SearchConfig, "search", args.preset, args.config, overrides)
-    if args.resume and args.force:
-        raise UsageError("--resume continues the run in --out; --force would start over: give one of them")
-    run_search(cfg, args.out, force=args.force, resume=args.resume)
+    run_search(_config(args, SearchConfig, "search"), args.out, force=args.force, resume=args.resume)
     return 0
 
 
 def _cmd_cluster(args) -> int:
-    from .config import resolve
     from .search import SearchConfig, run_clustering
 
-    overrides = {name: getattr(args, name) for name in args.config_fields}
-    cfg = resolve(SearchConfig, "search", args.preset, args.config, overrides)
-    run_clustering(cfg, args.out, force=args.force)
+    run_clustering(_config(args, SearchConfig, "search"), args.out, force=args.force)
     return 0
 
 
 def _cmd_train(args) -> int:
-    from .config import resolve
     from .train import TrainConfig, run_train
 
-    overrides = {name: getattr(args, name) for name in args.config_fields}
-    cfg = resolve(TrainConfig, "train", args.preset, args.config, overrides)
-    if args.resume and args.force:
-        raise UsageError("--resume continues the run in --out; --force would start over: give one of them")
-    run_train(cfg, args.out, force=args.force, resume=args.resume)
+    run_train(_config(args, TrainConfig, "train"), args.out, force=args.force, resume=args.resume)
     return 0
 
 

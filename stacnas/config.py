@@ -104,3 +104,25 @@ def prepare_out_dir(out: str, force: bool) -> Path:
 def save_run_info(out: Path, config) -> None:
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
     (out / "environment.json").write_text(json.dumps(environment(), indent=2) + "\n")
+
+
+def open_run_dir(out: str, config, force: bool, resume: bool, free: set[str], needs: tuple[str, ...]) -> Path:
+    """Start a run in a new folder (config and environment saved), or check that `resume` may continue the one
+    there: the files in `needs` exist and every option outside `free` (options that do not change the numbers)
+    equals the saved config.json."""
+    path = Path(out)
+    if not resume:
+        path = prepare_out_dir(out, force)
+        save_run_info(path, config)
+        return path
+    missing = [name for name in ("config.json", *needs) if not (path / name).is_file()]
+    if missing:
+        raise ValueError(f"--resume: {out} holds no interrupted run to resume (no {', '.join(missing)}); "
+                         "start it without --resume")
+    saved = json.loads((path / "config.json").read_text())
+    current = json.loads(json.dumps(dataclasses.asdict(config)))
+    changed = [k for k, v in current.items() if k not in free and saved.get(k) != v]
+    if changed:
+        raise ValueError(f"--resume: options differ from the interrupted run's config.json ({', '.join(changed)}); "
+                         "give the same options")
+    return path

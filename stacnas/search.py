@@ -7,7 +7,6 @@ torchrun (stacnas.distributed), resumes exactly from its last checkpoint, and wr
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import random
 import time
@@ -17,7 +16,7 @@ from pathlib import Path
 import torch
 
 from . import checkpoint, distributed, genotypes, steps
-from .config import option, prepare_out_dir, save_run_info
+from .config import open_run_dir, option
 from .data import datasets, get_loaders
 from .info import peak_memory
 from .ops import short_name
@@ -362,6 +361,8 @@ def _stacnas(run: Run, space: SearchSpace, summary: dict):
     return _stage(run, "stage2", space2, cfg.stage2_layers, cfg.epochs, run.order)
 
 
+# options a resumed search may change: they do not change the numbers (beyond float rounding for the kernels)
+RESUME_FREE = {"device", "workers", "kernels", "memory_mode", "checkpoint_every"}
 STAGES = {"stacnas": ("cluster", "stage1", "stage2"), "darts": ("darts",), "random": ()}
 
 
@@ -379,19 +380,6 @@ def _trim_metrics(out: Path, method: str) -> None:
     lines = [line for line in path.read_text().splitlines()
              if json.loads(line)["epoch"] <= done.get(json.loads(line)["stage"], 0)]
     path.write_text("".join(line + "\n" for line in lines))
-
-
-def _check_resumable(cfg: SearchConfig, out: Path) -> None:
-    saved_path = out / "config.json"
-    if not saved_path.is_file():
-        raise ValueError(f"--resume: {out} holds no search to resume (no config.json); start it without --resume")
-    saved = json.loads(saved_path.read_text())
-    current = json.loads(json.dumps(dataclasses.asdict(cfg)))
-    free = {"device", "workers", "kernels", "memory_mode", "checkpoint_every"}  # do not change the numbers
-    changed = [k for k in current if k not in free and saved.get(k) != current[k]]
-    if changed:
-        raise ValueError(f"--resume: options differ from the interrupted run's config.json ({', '.join(changed)}); "
-                         "give the same options")
 
 
 # ---- the whole search --------------------------------------------------------------------------------------
@@ -412,11 +400,7 @@ def _start(cfg: SearchConfig, out_dir: str, force: bool, resume: bool, bilevel_s
     ctx = distributed.setup(device)
     out = Path(out_dir)
     if ctx.is_main:
-        if resume:
-            _check_resumable(cfg, out)
-        else:
-            prepare_out_dir(out_dir, force)
-            save_run_info(out, cfg)
+        open_run_dir(out_dir, cfg, force, resume, RESUME_FREE, needs=())
     distributed.barrier(ctx)
     torch.manual_seed(cfg.seed)
     loaders = get_loaders(cfg.dataset, cfg.data_root, cfg.batch_size, cfg.val_fraction if bilevel_split else 0.0,
@@ -453,8 +437,7 @@ def run_search(cfg: SearchConfig, out_dir: str, force: bool = False, resume: boo
 
 def _random_search(cfg: SearchConfig, space: SearchSpace, out_dir: str, force: bool) -> SearchResult:
     cfg.validate()
-    out = prepare_out_dir(out_dir, force)
-    save_run_info(out, cfg)
+    out = open_run_dir(out_dir, cfg, force, resume=False, free=set(), needs=())
     genotype = random_genotype(space, cfg.nodes, cfg.seed)
     summary = {"method": "random", "space": space.name, "seed": cfg.seed, "genotype": genotypes.to_dict(genotype),
                "seconds": 0.0, **peak_memory()}

@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import checkpoint, distributed, genotypes
-from .config import option, prepare_out_dir, save_run_info
+from .config import open_run_dir, option
 from .data import get_loaders
 from .info import peak_memory
 from .network import NetworkCIFAR, NetworkImageNet
@@ -287,19 +287,6 @@ def _check_amp(cfg: TrainConfig, device) -> None:
         raise ValueError("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
 
 
-def _check_resumable(cfg: TrainConfig, out: Path) -> None:
-    saved = out / "config.json"
-    if not saved.is_file() or not (out / "checkpoint.pt").is_file():
-        raise ValueError(f"--resume: {out} holds no interrupted training (config.json and checkpoint.pt); start it "
-                         "without --resume")
-    old = json.loads(saved.read_text())
-    free = {"device", "workers", "checkpoint_every", "compile"}
-    changed = [k for k, v in json.loads(json.dumps(asdict(cfg))).items() if k not in free and old.get(k) != v]
-    if changed:
-        raise ValueError(f"--resume: options differ from the interrupted run's config.json ({', '.join(changed)}); "
-                         "give the same options")
-
-
 def _trim_metrics(out: Path, epochs_done: int) -> None:
     path = out / "metrics.jsonl"
     if path.is_file():
@@ -317,12 +304,9 @@ def run_train(cfg: TrainConfig, out_dir: str, force: bool = False, resume: bool 
     out = Path(out_dir)
     try:
         if ctx.is_main:
-            if resume:
-                _check_resumable(cfg, out)
-            else:
-                prepare_out_dir(out_dir, force)
-                save_run_info(out, cfg)
-                genotypes.save(genotype, out / "genotype.json")
+            open_run_dir(out_dir, cfg, force, resume, {"device", "workers", "checkpoint_every", "compile"},
+                         needs=("checkpoint.pt",))
+            genotypes.save(genotype, out / "genotype.json")
         distributed.barrier(ctx)
         trainer = _make_trainer(cfg, out, device, ctx, genotype)
         epoch, step, totals = trainer.restore() if resume else (0, 0, None)

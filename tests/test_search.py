@@ -185,5 +185,5 @@ def test_resume_refuses_changed_options(tmp_path):
     run_search(SearchConfig(**TINY, device="cpu"), str(tmp_path))
     with pytest.raises(ValueError, match="options differ.*epochs"):
         run_search(SearchConfig(**{**TINY, "epochs": 3}, device="cpu"), str(tmp_path), resume=True)
-    with pytest.raises(ValueError, match="no search to resume"):
+    with pytest.raises(ValueError, match="no interrupted run to resume"):
         run_search(SearchConfig(**TINY, device="cpu"), str(tmp_path / "new"), resume=True)

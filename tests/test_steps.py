@@ -60,7 +60,7 @@ def test_weight_step_leaves_alpha_alone():
 
 
 def test_first_order_alpha_step_uses_the_validation_batch_only():
-    model, (x, y, xv, yv) = _model(), _batches()
+    model, (_, _, xv, yv) = _model(), _batches()
     w_opt, a_opt = _optimizers(model)
     expected = torch.autograd.grad(F.cross_entropy(model(xv), yv), model.alphas())
     for p in model.weights():

@@ -138,7 +138,7 @@ def test_resume_gives_the_same_training(tmp_path, monkeypatch):
     def losses(d):
         return [r["train_loss"] for r in map(json.loads, (tmp_path / d / "metrics.jsonl").read_text().splitlines())]
     assert losses("cut") == losses("full")
-    with pytest.raises(ValueError, match="holds no interrupted training"):
+    with pytest.raises(ValueError, match="holds no interrupted run to resume"):
         run_train(TrainConfig(**cfg), str(tmp_path / "full"), resume=True)
 
 
