@@ -241,7 +241,8 @@ def train_supernet(run: Run, name: str, model, epochs: int, order: str):
         for obj, key in zip(opts, ("w_opt", "a_opt", "schedule")):
             obj.load_state_dict(state[key])
         checkpoint.set_rng_state(state["rng"])
-        epoch, step, totals = state["epoch"], state["step"], state["totals"]
+        epoch, step = state["epoch"], state["step"]
+        totals = state["totals"] if run.ctx.is_main else None
         if run.ctx.is_main:
             print(f"[{name}] resuming at epoch {epoch + 1}, step {step}", flush=True)
     while epoch < epochs:
@@ -272,7 +273,8 @@ def _train_epoch(run, name, order, model, opts, epoch, epochs, step, totals):
         step += 1
         bar.update()
         if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < n_batches:
-            _save(run, name, _state(model, opts, epoch, step, totals.tolist()))
+            partial = distributed.sum_over_ranks(totals, ctx).tolist()  # a resumed rank 0 carries all ranks' sums
+            _save(run, name, _state(model, opts, epoch, step, partial))
     bar.close()
     schedule.step()
     total = distributed.sum_over_ranks(totals, ctx).tolist()

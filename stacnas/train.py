@@ -209,7 +209,8 @@ class Trainer:
         self.schedule.load_state_dict(state["schedule"])
         self.scaler.load_state_dict(state["scaler"])
         checkpoint.set_rng_state(state["rng"])
-        return state["epoch"], state["step"], state["totals"]
+        # the saved sums are over all ranks: rank 0 carries them, the others start from zero
+        return state["epoch"], state["step"], state["totals"] if self.ctx.is_main else None
 
     def step(self, x, y) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
@@ -244,7 +245,7 @@ class Trainer:
             step += 1
             bar.update()
             if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < n:
-                self.save(epoch, step, totals.tolist())
+                self.save(epoch, step, distributed.sum_over_ranks(totals, self.ctx).tolist())
         bar.close()
         self.schedule.step()
         total = distributed.sum_over_ranks(totals, self.ctx).tolist()
