@@ -31,11 +31,12 @@ class CovarianceAccumulator:
         self.m2 = torch.zeros(k, k, dtype=torch.float64)
 
     def update(self, x: torch.Tensor) -> None:
-        """x: (observations, K)."""
-        x = x.detach().to("cpu", torch.float64)
+        """x: (observations, K), on any device (the sums follow it there, in float64)."""
+        x = x.detach().double()
         nb = x.shape[0]
         if nb == 0:
             return
+        self.mean, self.m2 = self.mean.to(x.device), self.m2.to(x.device)
         mean_b = x.mean(0)
         centered = x - mean_b
         m2_b = centered.T @ centered
@@ -46,12 +47,13 @@ class CovarianceAccumulator:
         self.n = n
 
     def covariance(self, ddof: int = 1) -> torch.Tensor:
-        return self.m2 / max(self.n - ddof, 1)
+        return self.m2.cpu() / max(self.n - ddof, 1)
 
     def correlation(self) -> torch.Tensor:
-        """Pearson correlation; NaN in the rows of a variable with zero variance (undefined)."""
-        std = self.m2.diagonal().sqrt()
-        corr = self.m2 / torch.outer(std, std)
+        """Pearson correlation (on the CPU); NaN in the rows of a variable with zero variance (undefined)."""
+        m2 = self.m2.cpu()
+        std = m2.diagonal().sqrt()
+        corr = m2 / torch.outer(std, std)
         corr[std == 0, :] = float("nan")
         corr[:, std == 0] = float("nan")
         return corr.clamp(-1.0, 1.0)

@@ -207,14 +207,12 @@ def _batches(run: Run, order: str):
     return zip(run.loaders.train, run.loaders.val)
 
 
-def _step(run: Run, order: str, model, opts, batch, val_batch, lr):
+def _step(run: Run, order: str, model, opts, x, y, xv, yv, lr):
     """One search step in the configured order; returns (training loss, training logits, validation loss)."""
     w_opt, a_opt, _ = opts
-    cfg, ctx, device = run.cfg, run.ctx, run.device
-    x, y = (t.to(device, non_blocking=True) for t in batch)
+    cfg, ctx = run.cfg, run.ctx
     if order == "one-level":
         return (*steps.joint_step(model, x, y, w_opt, a_opt, cfg.grad_clip, ctx), None)
-    xv, yv = (t.to(device, non_blocking=True) for t in val_batch)
     if order == "first":
         val_loss = steps.alpha_step_first_order(model, xv, yv, a_opt, ctx)
     else:
@@ -262,8 +260,9 @@ def _train_epoch(run, name, order, model, opts, epoch, epochs, step, totals):
     bar = Progress(n_batches, f"[{name}] epoch {epoch + 1}/{epochs}", enabled=ctx.is_main)
     bar.update(step)
     for batch, val_batch in _batches(run, order):
-        loss, logits, val_loss = _step(run, order, model, opts, batch, val_batch, lr)
-        y = batch[1].to(run.device)
+        x, y = (t.to(run.device, non_blocking=True) for t in batch)
+        xv, yv = (t.to(run.device, non_blocking=True) for t in val_batch) if val_batch else (None, None)
+        loss, logits, val_loss = _step(run, order, model, opts, x, y, xv, yv, lr)
         totals[0] += loss.double() * len(y)
         totals[1] += (logits.argmax(1) == y).sum()
         totals[2] += len(y)
