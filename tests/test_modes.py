@@ -124,3 +124,18 @@ def test_modes_on_cuda(mode, kernels):
                                     "logits")
     for (name, p), q, t in zip(reference.named_parameters(), model.parameters(), truth.parameters()):
         _assert_no_worse_than_reference(q.grad, p.grad, t.grad, name)
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 7, 9), (2, 3, 8, 8), (1, 2, 5, 6), (1, 1, 1, 1), (1, 1, 2, 3)])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_lean_pools_equal_pytorch_pools(shape, stride):
+    from stacnas.lean import avg_pool3x3, max_pool3x3
+
+    x = torch.randn(*shape, dtype=torch.float64)
+    x.view(-1)[0] = float("nan")  # max-pool propagates NaN
+    torch.testing.assert_close(max_pool3x3(x, stride), F.max_pool2d(x, 3, stride, 1), rtol=0, atol=0,
+                               equal_nan=True)
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    torch.testing.assert_close(avg_pool3x3(x, stride), F.avg_pool2d(x, 3, stride, 1, count_include_pad=False),
+                               rtol=1e-14, atol=1e-14)
+    assert torch.autograd.gradcheck(lambda t: avg_pool3x3(t, stride), (x,))
