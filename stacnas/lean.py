@@ -171,6 +171,30 @@ def _conv_chain(layers) -> bool:
     return layers[1].bias is None
 
 
+def fast_pool(pool: nn.Module):
+    """The fast equivalent of a DARTS 3×3 pool (padding 1, square stride), or None for any other pool."""
+    stride = _pair(getattr(pool, "stride", None))
+    if _pair(getattr(pool, "kernel_size", None)) != [3, 3] or _pair(pool.padding) != [1, 1] \
+            or stride[0] != stride[1] or pool.ceil_mode:
+        return None
+    if isinstance(pool, nn.MaxPool2d) and _pair(pool.dilation) == [1, 1] and not pool.return_indices:
+        return lambda h: MaxPoolNoIndices.apply(h, stride[0])
+    if isinstance(pool, nn.AvgPool2d) and not pool.count_include_pad and pool.divisor_override is None:
+        return lambda h: avg_pool3x3(h, stride[0])
+    return None
+
+
+def fast_forward(op: nn.Module):
+    """op's forward, with a DARTS pool op ([3×3 pool, BN]) on the fast pools; other ops as they are."""
+    layers = _layers(op)
+    if layers is not None and len(layers) == 2 and isinstance(layers[0], (nn.AvgPool2d, nn.MaxPool2d)):
+        pool = fast_pool(layers[0])
+        if pool is not None:
+            bn = layers[1]
+            return lambda h: bn(pool(h))
+    return op
+
+
 def lean_term(op: nn.Module, h: torch.Tensor, relu_h):
     """One candidate on state h, as (x, bn): x is the input z of a trailing BN(affine=False) to fold (bn given), or
     the op's output (bn None). Ops are recognized by structure (stacnas' and DARTS' own classes alike); anything
@@ -192,19 +216,8 @@ def lean_term(op: nn.Module, h: torch.Tensor, relu_h):
     layers = _layers(op)
     if layers is None:
         return op(h), None
-    if len(layers) == 2 and _foldable(layers[1]):
-        pool = layers[0]
-        stride = _pair(pool.stride)
-        if isinstance(pool, nn.MaxPool2d) and _pair(pool.kernel_size) == [3, 3] and _pair(pool.padding) == [1, 1] \
-                and _pair(pool.dilation) == [1, 1] and stride[0] == stride[1] and not pool.ceil_mode \
-                and not pool.return_indices:
-            return MaxPoolNoIndices.apply(h, stride[0]), layers[1]
-        if isinstance(pool, nn.AvgPool2d) and _pair(pool.kernel_size) == [3, 3] and _pair(pool.padding) == [1, 1] \
-                and stride[0] == stride[1] and not pool.ceil_mode and not pool.count_include_pad \
-                and pool.divisor_override is None:
-            return avg_pool3x3(h, stride[0]), layers[1]
-        if isinstance(pool, (nn.AvgPool2d, nn.MaxPool2d)):
-            return pool(h), layers[1]
+    if len(layers) == 2 and _foldable(layers[1]) and isinstance(layers[0], (nn.AvgPool2d, nn.MaxPool2d)):
+        return (fast_pool(layers[0]) or layers[0])(h), layers[1]
     if not _conv_chain(layers):
         return op(h), None
     x = _conv(layers[1], h, act=relu_h())
@@ -317,7 +330,7 @@ class RecomputeNode(torch.autograd.Function):
         for t, (s, op, _) in enumerate(terms):
             if _uses_rng(op):
                 rng[t] = _rng_state(states[s].device)
-            o = op(states[s])
+            o = fast_forward(op)(states[s])
             y = w[t] * o if y is None else y.addcmul_(o, w[t])
         ctx.terms, ctx.n_states, ctx.n_params, ctx.rng = terms, n_states, len(params), rng
         ctx.save_for_backward(w, *states)
@@ -336,7 +349,7 @@ class RecomputeNode(torch.autograd.Function):
             # the running statistics are restored only after backward: BN's backward checks they are unchanged
             with frozen_running_stats(op):
                 with torch.enable_grad(), replay:
-                    o = op(leaves[s])
+                    o = fast_forward(op)(leaves[s])
                 grad_w[t] = (grad * o.detach()).sum()
                 found = iter(torch.autograd.grad(o, wanted, grad * w[t], allow_unused=True)
                              if o.requires_grad and wanted else [None] * len(wanted))
