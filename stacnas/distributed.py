@@ -21,7 +21,6 @@ import torch.distributed as dist
 class Context:
     rank: int = 0
     world: int = 1
-    local_rank: int = 0
 
     @property
     def is_main(self) -> bool:
@@ -39,12 +38,12 @@ def launched_by_torchrun() -> bool:
 def setup(device: torch.device) -> Context:
     """Join the process group torchrun describes in the environment (nothing to do for a single process)."""
     if dist.is_available() and dist.is_initialized():
-        return Context(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+        return Context(dist.get_rank(), dist.get_world_size())
     if not launched_by_torchrun() or int(os.environ["WORLD_SIZE"]) == 1:
         return Context()
     backend = "nccl" if device.type == "cuda" else "gloo"
     dist.init_process_group(backend)
-    return Context(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+    return Context(dist.get_rank(), dist.get_world_size())
 
 
 def device_for(name: str) -> torch.device:
