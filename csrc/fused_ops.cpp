@@ -103,6 +103,18 @@ std::pair<at::Tensor, at::Tensor> mixed_sum_forward_coefficients(const at::Tenso
   return {a, -(a * mean).sum(0)};
 }
 
+int64_t sample_stride(const at::Tensor& out, const at::Tensor& x0) {
+  TORCH_CHECK(out.sizes() == x0.sizes() && out.scalar_type() == x0.scalar_type() && out.device() == x0.device(),
+              "mixed_sum_into: out must have the inputs' shape, dtype and device, got ", out.sizes(), " for ",
+              x0.sizes());
+  const auto s = layout_of(out);
+  if (out.is_contiguous()) return s.channels * s.inner;
+  TORCH_CHECK(out.dim() >= 2 && out.select(0, 0).is_contiguous() && out.stride(0) >= s.channels * s.inner,
+              "mixed_sum_into: out must hold each sample's (C, ...) block contiguously, as a channel slice of a "
+              "contiguous tensor does");
+  return out.stride(0);
+}
+
 void check_mixed_sum_grad(const at::Tensor& grad, const at::Tensor& x0) {
   TORCH_CHECK(grad.sizes() == x0.sizes(), "mixed_sum_backward: grad shape ", grad.sizes(), " differs from the inputs' ",
               x0.sizes());
@@ -162,20 +174,21 @@ std::pair<at::Tensor, at::Tensor> channel_stats_cpu(const at::Tensor& x, const M
   return {mean, var};
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> mixed_sum_cpu(at::TensorList x_in, const at::Tensor& w,
-                                                             const c10::List<bool>& normalize_list,
-                                                             const c10::optional<at::Tensor>& running_mean,
-                                                             const c10::optional<at::Tensor>& running_var,
-                                                             bool training, double eps) {
+// Writes y into `y` (contiguous, or batch-strided: see sample_stride) and returns (mean, var).
+std::tuple<at::Tensor, at::Tensor> mixed_sum_into_cpu(at::TensorList x_in, const at::Tensor& w,
+                                                      const c10::List<bool>& normalize_list,
+                                                      const c10::optional<at::Tensor>& running_mean,
+                                                      const c10::optional<at::Tensor>& running_var, bool training,
+                                                      double eps, const at::Tensor& y) {
   const auto x = contiguous_all(x_in);
   const auto normalize = flags(normalize_list);
   const auto s = check_mixed_sum_args(x, w, normalize);
+  const int64_t y_stride = sample_stride(y, x[0]);
   const int64_t K = static_cast<int64_t>(x.size());
   const int64_t C = s.channels;
   auto [mean, var] = mixed_sum_stats(x, normalize, running_mean, running_var, training, C,
                                      [&](const at::Tensor& t) { return channel_stats_cpu(t, s); });
   const auto [a_all, b_all] = mixed_sum_forward_coefficients(w, mean, var, normalize, eps);
-  auto y = at::empty_like(x[0], at::MemoryFormat::Contiguous);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "mixed_sum_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
     const auto a_acc = a_all.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
@@ -197,11 +210,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mixed_sum_cpu(at::TensorList x_in
           const scalar_t* xk = src[k] + base;
           for (int64_t i = 0; i < s.inner; ++i) row[i] += ak * static_cast<acc_t>(xk[i]);
         }
-        for (int64_t i = 0; i < s.inner; ++i) dst[base + i] = static_cast<scalar_t>(row[i]);
+        scalar_t* out = dst + (p / C) * y_stride + c * s.inner;
+        for (int64_t i = 0; i < s.inner; ++i) out[i] = static_cast<scalar_t>(row[i]);
       }
     });
   });
-  return {y, mean.to(w.scalar_type()), var.to(w.scalar_type())};
+  return {mean.to(w.scalar_type()), var.to(w.scalar_type())};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mixed_sum_cpu(at::TensorList x, const at::Tensor& w,
+                                                             const c10::List<bool>& normalize,
+                                                             const c10::optional<at::Tensor>& running_mean,
+                                                             const c10::optional<at::Tensor>& running_var,
+                                                             bool training, double eps) {
+  TORCH_CHECK(!x.empty(), "mixed_sum: needs at least one input tensor");
+  auto y = at::empty_like(x[0], at::MemoryFormat::Contiguous);
+  auto [mean, var] = mixed_sum_into_cpu(x, w, normalize, running_mean, running_var, training, eps, y);
+  return {y, mean, var};
 }
 
 std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_sum_backward_cpu(
@@ -376,25 +401,97 @@ at::Tensor batch_norm_relu_backward_cpu(const at::Tensor& grad_in, const at::Ten
   return grad_x;
 }
 
+
+// Weight gradient of a depthwise conv2d (one k×k filter per channel, groups = channels):
+//   gw[c, i, j] = sum over n, oh, ow of g[n, c, oh, ow] * x[n, c, oh*s0 - p0 + i*d0, ow*s1 - p1 + j*d1]
+// PyTorch's CPU backward for these convs is 5–20× slower than their forward (3.9 ms vs 0.19 ms for the 5×5 filter
+// gradient at 16×16×32×32). Here one thread owns a channel's k×k sums, an (n, c) plane stays in cache across all
+// taps, each plane's tap sum is taken in acc_t and added in double: deterministic for any thread count.
+at::Tensor depthwise_conv2d_weight_grad_cpu(const at::Tensor& grad_in, const at::Tensor& input_in,
+                                            at::IntArrayRef kernel_size, at::IntArrayRef stride,
+                                            at::IntArrayRef padding, at::IntArrayRef dilation) {
+  TORCH_CHECK(input_in.dim() == 4 && grad_in.dim() == 4 && grad_in.size(0) == input_in.size(0) &&
+                  grad_in.size(1) == input_in.size(1),
+              "depthwise_conv2d_weight_grad: expects 4-D input (N, C, H, W) and grad (N, C, OH, OW)");
+  TORCH_CHECK(kernel_size.size() == 2 && stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
+              "depthwise_conv2d_weight_grad: kernel_size, stride, padding and dilation need two entries each");
+  const auto input = input_in.contiguous(), grad = grad_in.contiguous();
+  const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
+  const int64_t OH = grad.size(2), OW = grad.size(3), KH = kernel_size[0], KW = kernel_size[1];
+  auto grad_weight = at::empty({C, 1, KH, KW}, input.options());
+  // the outputs o in [0, out) whose input index o*s - p + k*d lies in [0, in)
+  const auto valid = [](int64_t in, int64_t out, int64_t s, int64_t p, int64_t offset) -> std::pair<int64_t, int64_t> {
+    const int64_t lo_num = p - offset, hi_num = in - 1 + p - offset;
+    if (hi_num < 0) return {0, 0};
+    const int64_t lo = lo_num <= 0 ? 0 : (lo_num + s - 1) / s;
+    return {lo, std::min<int64_t>(out, hi_num / s + 1)};
+  };
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "depthwise_weight_grad_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const scalar_t* xp = input.const_data_ptr<scalar_t>();
+    const scalar_t* gp = grad.const_data_ptr<scalar_t>();
+    scalar_t* wp = grad_weight.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
+      std::vector<double> sums(KH * KW);
+      for (int64_t c = c0; c < c1; ++c) {
+        std::fill(sums.begin(), sums.end(), 0.0);
+        for (int64_t n = 0; n < N; ++n) {
+          const scalar_t* x = xp + (n * C + c) * H * W;
+          const scalar_t* g = gp + (n * C + c) * OH * OW;
+          for (int64_t i = 0; i < KH; ++i) {
+            const auto [oh0, oh1] = valid(H, OH, stride[0], padding[0], i * dilation[0]);
+            for (int64_t j = 0; j < KW; ++j) {
+              const auto [ow0, ow1] = valid(W, OW, stride[1], padding[1], j * dilation[1]);
+              const int64_t col = j * dilation[1] - padding[1];
+              acc_t sum = 0;
+              for (int64_t oh = oh0; oh < oh1; ++oh) {
+                const scalar_t* grow = g + oh * OW;
+                const scalar_t* xrow = x + (oh * stride[0] - padding[0] + i * dilation[0]) * W + col;
+                if (stride[1] == 1) {
+                  _Pragma("omp simd reduction(+ : sum)")
+                  for (int64_t ow = ow0; ow < ow1; ++ow)
+                    sum += static_cast<acc_t>(grow[ow]) * static_cast<acc_t>(xrow[ow]);
+                } else {
+                  for (int64_t ow = ow0; ow < ow1; ++ow)
+                    sum += static_cast<acc_t>(grow[ow]) * static_cast<acc_t>(xrow[ow * stride[1]]);
+                }
+              }
+              sums[i * KW + j] += static_cast<double>(sum);
+            }
+          }
+        }
+        for (int64_t t = 0; t < KH * KW; ++t) wp[c * KH * KW + t] = static_cast<scalar_t>(sums[t]);
+      }
+    });
+  });
+  return grad_weight;
+}
+
 }  // namespace
 
 TORCH_LIBRARY(stacnas, m) {
   m.def("mixed_sum(Tensor[] x, Tensor w, bool[] normalize, Tensor? running_mean, Tensor? running_var, "
         "bool training, float eps) -> (Tensor, Tensor, Tensor)");
+  m.def("mixed_sum_into(Tensor[] x, Tensor w, bool[] normalize, Tensor? running_mean, Tensor? running_var, "
+        "bool training, float eps, Tensor(a!) out) -> (Tensor, Tensor)");
   m.def("mixed_sum_backward(Tensor grad, Tensor[] x, Tensor w, bool[] normalize, Tensor mean, Tensor var, "
         "bool training, float eps) -> (Tensor[], Tensor)");
   m.def("batch_norm_stats(Tensor x) -> (Tensor, Tensor)");
   m.def("batch_norm_relu_backward(Tensor grad, Tensor x, Tensor mean, Tensor var, bool training, float eps) -> Tensor");
   m.def("max_pool2d_backward_from_output(Tensor grad, Tensor input, Tensor output, int[2] kernel_size, "
         "int[2] stride, int[2] padding) -> Tensor");
+  m.def("depthwise_conv2d_weight_grad(Tensor grad, Tensor input, int[2] kernel_size, int[2] stride, "
+        "int[2] padding, int[2] dilation) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(stacnas, CPU, m) {
   m.impl("mixed_sum", &mixed_sum_cpu);
+  m.impl("mixed_sum_into", &mixed_sum_into_cpu);
   m.impl("mixed_sum_backward", &mixed_sum_backward_cpu);
   m.impl("max_pool2d_backward_from_output", &max_pool2d_backward_from_output_cpu);
   m.impl("batch_norm_stats", &batch_norm_stats_cpu);
   m.impl("batch_norm_relu_backward", &batch_norm_relu_backward_cpu);
+  m.impl("depthwise_conv2d_weight_grad", &depthwise_conv2d_weight_grad_cpu);
 }
 
 }  // namespace stacnas

@@ -2,6 +2,7 @@
 // Shared pieces of the fused kernels (CPU in fused_ops.cpp, CUDA in cuda/fused_ops_kernel.cu).
 //
 // mixed_sum(x[K], w[K], normalize[K], running_mean?, running_var?, training, eps) -> (y, mean[K,C], var[K,C])
+// mixed_sum_into(..., out) -> (mean, var) writes y into out instead (a node's slice of its cell's output).
 //   y = sum_k w_k * o_k,   o_k = (x_k - mean_kc) * rstd_kc  if normalize[k]  else x_k
 // A normalized term is the input of a trailing BatchNorm(affine=False) folded into the sum: in training the batch
 // statistics are computed here (and returned, so the caller can update running statistics once), in eval the
@@ -48,6 +49,10 @@ std::pair<at::Tensor, at::Tensor> mixed_sum_stats(
 std::pair<at::Tensor, at::Tensor> mixed_sum_forward_coefficients(const at::Tensor& w, const at::Tensor& mean,
                                                                  const at::Tensor& var,
                                                                  const std::vector<bool>& normalize, double eps);
+
+// The distance between samples of `out`, the destination of mixed_sum_into: shaped, typed and placed like x0, with
+// each sample's (C, ...) block contiguous (a channel slice of a contiguous (N, C', ...) cell output qualifies).
+int64_t sample_stride(const at::Tensor& out, const at::Tensor& x0);
 
 // grad must be shaped like the inputs.
 void check_mixed_sum_grad(const at::Tensor& grad, const at::Tensor& x0);

@@ -42,14 +42,16 @@ def _channel_sums_kernel(a_ptr, b_ptr, out_ptr, C, N, INNER, SLICES, BLOCK: tl.c
 
 
 @triton.jit
-def _sum_kernel(y_ptr, x0, x1, x2, x3, a_ptr, b_ptr, C, INNER, n, NUM: tl.constexpr, ACCUMULATE: tl.constexpr,
-                BLOCK: tl.constexpr, ACC: tl.constexpr):
-    """y = b_c + sum of a_kc x_k over the NUM (<= 4) inputs given; with ACCUMULATE, y += the sum instead."""
+def _sum_kernel(y_ptr, x0, x1, x2, x3, a_ptr, b_ptr, C, INNER, Y_STRIDE, n, NUM: tl.constexpr,
+                ACCUMULATE: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
+    """y = b_c + sum of a_kc x_k over the NUM (<= 4) inputs given; with ACCUMULATE, y += the sum instead. Samples
+    of y lie Y_STRIDE elements apart (a channel slice of a cell's output)."""
     i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = i < n
     c = (i // INNER) % C
+    out = (i // (C * INNER)) * Y_STRIDE + i % (C * INNER)
     if ACCUMULATE:
-        acc = tl.load(y_ptr + i, mask=mask, other=0).to(ACC)
+        acc = tl.load(y_ptr + out, mask=mask, other=0).to(ACC)
     else:
         acc = tl.load(b_ptr + c, mask=mask, other=0).to(ACC)
     acc += tl.load(a_ptr + c, mask=mask, other=0).to(ACC) * tl.load(x0 + i, mask=mask, other=0).to(ACC)
@@ -59,7 +61,7 @@ def _sum_kernel(y_ptr, x0, x1, x2, x3, a_ptr, b_ptr, C, INNER, n, NUM: tl.conste
         acc += tl.load(a_ptr + 2 * C + c, mask=mask, other=0).to(ACC) * tl.load(x2 + i, mask=mask, other=0).to(ACC)
     if NUM > 3:
         acc += tl.load(a_ptr + 3 * C + c, mask=mask, other=0).to(ACC) * tl.load(x3 + i, mask=mask, other=0).to(ACC)
-    tl.store(y_ptr + i, acc.to(y_ptr.dtype.element_ty), mask=mask)
+    tl.store(y_ptr + out, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
@@ -108,11 +110,46 @@ def _check(x, w, normalize):
         raise ValueError("mixed_sum: all inputs must have the same shape")
 
 
+def _sample_stride(out: torch.Tensor, x0: torch.Tensor) -> int:
+    """The distance between samples of out, whose per-sample (C, ...) blocks must be contiguous."""
+    if out.shape != x0.shape or out.dtype != x0.dtype or out.device != x0.device:
+        raise ValueError(f"mixed_sum_into: out must have the inputs' shape, dtype and device, got {tuple(out.shape)} "
+                         f"for {tuple(x0.shape)}")
+    N, C, inner = _layout(out)
+    if out.is_contiguous():
+        return C * inner
+    if out.dim() < 2 or not out[0].is_contiguous() or out.stride(0) < C * inner:
+        raise ValueError("mixed_sum_into: out must hold each sample's (C, ...) block contiguously, as a channel "
+                         "slice of a contiguous tensor does")
+    return out.stride(0)
+
+
 @torch.library.custom_op("stacnas_triton::mixed_sum", mutates_args=())
 def _mixed_sum(x: list[torch.Tensor], w: torch.Tensor, normalize: list[bool], running_mean: torch.Tensor | None,
                running_var: torch.Tensor | None, training: bool, eps: float) -> tuple[torch.Tensor, torch.Tensor,
                                                                                       torch.Tensor]:
     _check(x, w, normalize)
+    y = torch.empty_like(x[0], memory_format=torch.contiguous_format)
+    return (y, *_forward_into(x, w, normalize, running_mean, running_var, training, eps, y))
+
+
+@torch.library.custom_op("stacnas_triton::mixed_sum_into", mutates_args={"out"})
+def _mixed_sum_into(x: list[torch.Tensor], w: torch.Tensor, normalize: list[bool], running_mean: torch.Tensor | None,
+                    running_var: torch.Tensor | None, training: bool, eps: float,
+                    out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    _check(x, w, normalize)
+    return _forward_into(x, w, normalize, running_mean, running_var, training, eps, out)
+
+
+@_mixed_sum_into.register_fake
+def _(x, w, normalize, running_mean, running_var, training, eps, out):
+    C = _layout(x[0])[1]
+    return w.new_empty(len(x), C), w.new_empty(len(x), C)
+
+
+def _forward_into(x, w, normalize, running_mean, running_var, training, eps, y):
+    """Writes the sum into y; returns (mean, var)."""
+    y_stride = _sample_stride(y, x[0])
     x = [t.contiguous() for t in x]
     N, C, inner = _layout(x[0])
     K = len(x)
@@ -133,20 +170,20 @@ def _mixed_sum(x: list[torch.Tensor], w: torch.Tensor, normalize: list[bool], ru
     acc_dtype = torch.float64 if x[0].dtype == torch.float64 else torch.float32
     b = (-(a * mean).sum(0)).to(acc_dtype)
     a = a.to(acc_dtype).contiguous()
-    y = torch.empty_like(x[0])
     n = y.numel()
     for k0 in range(0, K, PER_LAUNCH):
         chunk = x[k0:k0 + PER_LAUNCH]
         ptrs = chunk + [chunk[0]] * (PER_LAUNCH - len(chunk))
-        _sum_kernel[(triton.cdiv(n, BLOCK),)](y, *ptrs, a[k0:], b, C, inner, n, NUM=len(chunk), ACCUMULATE=k0 > 0,
-                                              BLOCK=BLOCK, ACC=_acc(x[0].dtype))
-    return y, mean.to(w.dtype), var.to(w.dtype)
+        _sum_kernel[(triton.cdiv(n, BLOCK),)](y, *ptrs, a[k0:], b, C, inner, y_stride, n, NUM=len(chunk),
+                                              ACCUMULATE=k0 > 0, BLOCK=BLOCK, ACC=_acc(x[0].dtype))
+    return mean.to(w.dtype), var.to(w.dtype)
 
 
 @_mixed_sum.register_fake
 def _(x, w, normalize, running_mean, running_var, training, eps):
     C = _layout(x[0])[1]
-    return torch.empty_like(x[0]), w.new_empty(len(x), C), w.new_empty(len(x), C)
+    return (torch.empty_like(x[0], memory_format=torch.contiguous_format), w.new_empty(len(x), C),
+            w.new_empty(len(x), C))
 
 
 def _rstd(var, normalize, eps):
@@ -197,3 +234,11 @@ _mixed_sum.register_autograd(_backward, setup_context=_setup_context)
 
 def triton_mixed_sum(x, w, normalize, running_mean=None, running_var=None, training=True, eps=1e-5):
     return _mixed_sum(list(x), w, list(normalize), running_mean, running_var, training, eps)
+
+
+def triton_mixed_sum_into(x, w, normalize, running_mean, running_var, training, eps, out):
+    return _mixed_sum_into(list(x), w, list(normalize), running_mean, running_var, training, eps, out)
+
+
+def triton_mixed_sum_backward(grad, x, w, normalize, mean, var, training, eps):
+    return _mixed_sum_backward(grad, list(x), w, list(normalize), mean, var, training, eps)

@@ -3,6 +3,7 @@
 
     y, mean, var = mixed_sum(x, w, normalize, running_mean, running_var, training, eps)
     y = sum_k w_k * o_k,   o_k = (x_k - mean_k) / sqrt(var_k + eps)  if normalize[k]  else x_k
+    mean, var = mixed_sum_into(x, w, normalize, running_mean, running_var, training, eps, out)  (y written into out)
 
 A normalized term is the input of a trailing BatchNorm(affine=False) folded into the sum: its statistics are the
 batch's in training (returned, so the caller updates the BN's running statistics once) and the running ones in eval;
@@ -91,6 +92,12 @@ if _EXT_ERROR is None:
         stats = w.new_empty(len(x), _channels(x[0]))
         return torch.empty_like(x[0], memory_format=torch.contiguous_format), stats, torch.empty_like(stats)
 
+    @torch.library.register_fake("stacnas::mixed_sum_into")
+    def _(x, w, normalize, running_mean, running_var, training, eps, out):
+        torch._check(len(x) == w.shape[0], lambda: "mixed_sum_into: one weight per input")
+        stats = w.new_empty(len(x), _channels(x[0]))
+        return stats, torch.empty_like(stats)
+
     @torch.library.register_fake("stacnas::mixed_sum_backward")
     def _(grad, x, w, normalize, mean, var, training, eps):
         return [torch.empty_like(grad, memory_format=torch.contiguous_format) for _ in x], torch.empty_like(w)
@@ -102,6 +109,10 @@ if _EXT_ERROR is None:
     @torch.library.register_fake("stacnas::batch_norm_relu_backward")
     def _(grad, x, mean, var, training, eps):
         return torch.empty_like(x, memory_format=torch.contiguous_format)
+
+    @torch.library.register_fake("stacnas::depthwise_conv2d_weight_grad")
+    def _(grad, input, kernel_size, stride, padding, dilation):
+        return input.new_empty(input.shape[1], 1, *kernel_size)
 
     @torch.library.register_fake("stacnas::max_pool2d_backward_from_output")
     def _(grad, input, output, kernel_size, stride, padding):
@@ -171,6 +182,41 @@ def mixed_sum(x, w, normalize=None, running_mean=None, running_var=None, trainin
     return torch.ops.stacnas.mixed_sum(list(x), w, normalize, running_mean, running_var, training, eps)
 
 
+def mixed_sum_into(x, w, normalize, running_mean, running_var, training, eps, out, backend: str | None = None):
+    """(mean, var) of mixed_sum, its y written into `out` (shaped like x[0]; each sample's (C, ...) block
+    contiguous, as in a node's channel slice of its cell's output). Not differentiable: stacnas.lean wraps it."""
+    normalize = [bool(n) for n in normalize]
+    backend = resolve_backend(backend, x[0].device)
+    if backend == "reference":
+        with torch.no_grad():
+            y, mean, var = reference_mixed_sum(x, w, normalize, running_mean, running_var, training, eps)
+            out.copy_(y)
+        return mean, var
+    if backend == "triton":
+        from .kernels.mixed_sum import triton_mixed_sum_into
+
+        return triton_mixed_sum_into(x, w, normalize, running_mean, running_var, training, eps, out)
+    return torch.ops.stacnas.mixed_sum_into(list(x), w, normalize, running_mean, running_var, training, eps, out)
+
+
+def mixed_sum_backward(grad, x, w, normalize, mean, var, training, eps, backend: str | None = None):
+    """(grad_x, grad_w) of mixed_sum given the statistics its forward returned."""
+    normalize = [bool(n) for n in normalize]
+    backend = resolve_backend(backend, x[0].device)
+    if backend == "reference":
+        with torch.enable_grad():
+            leaves = [t.detach().requires_grad_() for t in [*x, w]]
+            # in eval the running statistics are mean and var; in training they are recomputed from x, equal
+            y = reference_mixed_sum(leaves[:-1], leaves[-1], normalize, mean, var, training, eps)[0]
+            found = torch.autograd.grad(y, leaves, grad)
+        return list(found[:-1]), found[-1]
+    if backend == "triton":
+        from .kernels.mixed_sum import triton_mixed_sum_backward
+
+        return triton_mixed_sum_backward(grad, x, w, normalize, mean, var, training, eps)
+    return torch.ops.stacnas.mixed_sum_backward(grad, list(x), w, normalize, mean, var, training, eps)
+
+
 def max_pool2d_backward_from_output(grad, input, output, kernel_size, stride, padding):
     """Gradient of max_pool2d w.r.t. its input, each window's argmax found by comparing input and output (the
     first maximum in row-major order, or the last NaN, as PyTorch's kernels choose): no indices need be kept."""
@@ -179,6 +225,16 @@ def max_pool2d_backward_from_output(grad, input, output, kernel_size, stride, pa
     _, indices = torch.nn.functional.max_pool2d(input, kernel_size, stride, padding, return_indices=True)
     return torch.ops.aten.max_pool2d_with_indices_backward(grad, input, kernel_size, stride, padding, [1, 1], False,
                                                            indices)
+
+
+def depthwise_conv2d_weight_grad(grad, input, kernel_size, stride, padding, dilation):
+    """Weight gradient of conv2d(input, weight, stride, padding, dilation, groups=channels) with one filter per
+    channel: the C++ kernel on CPUs (PyTorch's is 5–20× slower than the forward conv there), else PyTorch's."""
+    if _EXT_ERROR is None and input.device.type == "cpu":
+        return torch.ops.stacnas.depthwise_conv2d_weight_grad(grad, input, kernel_size, stride, padding, dilation)
+    weight = input.new_empty(input.shape[1], 1, *kernel_size)
+    return torch.ops.aten.convolution_backward(grad, input, weight, None, stride, padding, dilation, False, [0, 0],
+                                               input.shape[1], [False, True, False])[1]
 
 
 def _compiled_for(device: torch.device) -> bool:

@@ -48,14 +48,64 @@ class NormReLUConv(torch.autograd.Function):
         x, weight, mean, var = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.conv
         act = _activation(x, mean, var, ctx.eps)
-        grad_act, grad_weight, _ = torch.ops.aten.convolution_backward(
-            grad, act, weight, None, _pair(stride), _pair(padding), _pair(dilation), False, [0, 0], groups,
-            [ctx.needs_input_grad[0], ctx.needs_input_grad[1], False])
+        grad_act, grad_weight = conv_backward(grad, act, weight, stride, padding, dilation, groups,
+                                              ctx.needs_input_grad[:2])
         grad_x = None
         if ctx.needs_input_grad[0]:
             grad_x = torch.ops.aten.threshold_backward(grad_act, act, 0) if mean is None else \
                 fused.batch_norm_relu_backward(grad_act, x, mean, var, ctx.training, ctx.eps)
         return grad_x, grad_weight, None, None, None, None, None, None, None, None, None
+
+
+class Conv(torch.autograd.Function):
+    """F.conv2d(x, weight) without bias, with the backward of `conv_backward`."""
+
+    @staticmethod
+    def forward(ctx, x, weight, stride, padding, dilation, groups):
+        ctx.save_for_backward(x, weight)
+        ctx.conv = (stride, padding, dilation, groups)
+        return F.conv2d(x, weight, None, stride, padding, dilation, groups)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        return (*conv_backward(grad, x, weight, *ctx.conv, ctx.needs_input_grad[:2]), None, None, None, None)
+
+
+def conv_backward(grad, x, weight, stride, padding, dilation, groups, needs):
+    """(grad_x, grad_weight) of F.conv2d(x, weight, None, stride, padding, dilation, groups), each only where `needs`
+    says. PyTorch's CPU backward of the depthwise and pointwise convs in DARTS' ops costs 5–20× their forward, so on
+    CPUs these take other routes (equal to rounding): the depthwise filter gradient by a C++ kernel (PyTorch's own is
+    fast only for undilated 3×3), the depthwise input gradient at stride 1 as a forward conv of grad with the flipped
+    filters, and the pointwise (1×1, stride 1) gradients as matrix products."""
+    stride, padding, dilation = _pair(stride), _pair(padding), _pair(dilation)
+    c_out, c_in_group, kh, kw = weight.shape
+    if x.device.type == "cpu" and groups == x.shape[1] == c_out and c_in_group == 1:
+        grad_x = grad_weight = None
+        if needs[0] and stride == [1, 1]:
+            flipped = [d * (k - 1) - p for d, k, p in zip(dilation, (kh, kw), padding)]
+            if min(flipped) >= 0:
+                grad_x = F.conv2d(grad, weight.flip(-2, -1), None, 1, flipped, dilation, groups)
+        if needs[1] and not ((kh, kw) == (3, 3) and dilation == [1, 1]):
+            grad_weight = fused.depthwise_conv2d_weight_grad(grad, x, [kh, kw], stride, padding, dilation)
+        rest = [needs[0] and grad_x is None, needs[1] and grad_weight is None]
+        if any(rest):
+            found = torch.ops.aten.convolution_backward(grad, x, weight, None, stride, padding, dilation, False,
+                                                        [0, 0], groups, rest + [False])
+            grad_x = found[0] if rest[0] else grad_x
+            grad_weight = found[1] if rest[1] else grad_weight
+        return grad_x, grad_weight
+    if x.device.type == "cpu" and (kh, kw) == (1, 1) and groups == 1 and stride == [1, 1] and padding == [0, 0]:
+        n = x.shape[0]
+        g = grad.reshape(n, c_out, -1)
+        grad_x = torch.matmul(weight.view(c_out, -1).t(), g).view(x.shape) if needs[0] else None
+        grad_weight = torch.bmm(g, x.reshape(n, x.shape[1], -1).transpose(1, 2)).sum(0).view(weight.shape) \
+            if needs[1] else None
+        return grad_x, grad_weight
+    found = torch.ops.aten.convolution_backward(grad, x, weight, None, stride, padding, dilation, False, [0, 0],
+                                                groups, [needs[0], needs[1], False])
+    return found[0], found[1]
 
 
 def _activation(x, mean, var, eps):
@@ -155,20 +205,20 @@ def _foldable(bn) -> bool:
 
 
 def _conv_chain(layers) -> bool:
-    """ReLU, conv, (conv | BN ReLU conv)*, BN(affine=False): nor_conv, dil_conv and sep_conv."""
-    if len(layers) < 3 or not isinstance(layers[0], nn.ReLU) or not isinstance(layers[1], nn.Conv2d) \
+    """ReLU, conv, (conv | BN ReLU conv)*, BN(affine=False), every conv without bias: nor_conv, dil_conv, sep_conv."""
+    if len(layers) < 3 or not isinstance(layers[0], nn.ReLU) or not _plain_conv(layers[1]) \
             or not _foldable(layers[-1]):
         return False
     i = 2
     while i < len(layers) - 1:
-        if isinstance(layers[i], nn.Conv2d) and layers[i].bias is None:
+        if _plain_conv(layers[i]):
             i += 1
         elif (i + 2 < len(layers) - 1 and isinstance(layers[i], nn.BatchNorm2d) and not layers[i].affine
-              and isinstance(layers[i + 1], nn.ReLU) and isinstance(layers[i + 2], nn.Conv2d)):
+              and isinstance(layers[i + 1], nn.ReLU) and _plain_conv(layers[i + 2])):
             i += 3
         else:
             return False
-    return layers[1].bias is None
+    return True
 
 
 def fast_pool(pool: nn.Module):
@@ -185,14 +235,33 @@ def fast_pool(pool: nn.Module):
 
 
 def fast_forward(op: nn.Module):
-    """op's forward, with a DARTS pool op ([3×3 pool, BN]) on the fast pools; other ops as they are."""
+    """op's forward, with a DARTS pool op ([3×3 pool, BN]) on the fast pools and the bias-free convs of a layer list
+    on `Conv` (fast backward); other ops as they are."""
     layers = _layers(op)
-    if layers is not None and len(layers) == 2 and isinstance(layers[0], (nn.AvgPool2d, nn.MaxPool2d)):
+    if layers is None:
+        return op
+    if len(layers) == 2 and isinstance(layers[0], (nn.AvgPool2d, nn.MaxPool2d)):
         pool = fast_pool(layers[0])
         if pool is not None:
             bn = layers[1]
             return lambda h: bn(pool(h))
+    if any(_plain_conv(layer) for layer in layers):
+        return lambda h: _run_layers(layers, h)
     return op
+
+
+def _plain_conv(layer: nn.Module) -> bool:
+    return type(layer) is nn.Conv2d and layer.bias is None and layer.padding_mode == "zeros"
+
+
+def _run_layers(layers, x):
+    for layer in layers:
+        x = _apply_conv(layer, x) if _plain_conv(layer) else layer(x)
+    return x
+
+
+def _apply_conv(conv: nn.Conv2d, x):
+    return Conv.apply(x, conv.weight, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
 def lean_term(op: nn.Module, h: torch.Tensor, relu_h):
@@ -227,13 +296,88 @@ def lean_term(op: nn.Module, h: torch.Tensor, relu_h):
             x = _conv(layers[i + 2], x, bn=layers[i])
             i += 3
         else:
-            x = layers[i](x)
+            x = _apply_conv(layers[i], x)
             i += 1
     return x, layers[-1]
 
 
-def lean_node(edges, states, weights, backend=None):
-    """One node: sum over its incoming edges (edges[j] reads states[j]) of sum_k weights[j, k] · op_jk(states[j])."""
+def lean_preprocess(op: nn.Module, s: torch.Tensor) -> torch.Tensor:
+    """A cell's preprocess op (ReLU-conv-BN or FactorizedReduce) keeping its input s, not ReLU(s): s is the previous
+    cell's output, which the two cells reading it then share for backward."""
+    relu = []
+
+    def relu_s():
+        if not relu:
+            relu.append(F.relu(s.detach()))
+        return relu[0]
+    x, bn = lean_term(op, s, relu_s)
+    return x if bn is None else bn(x)
+
+
+class CellOutput:
+    """A cell's output cat(node outputs, dim=1) with no concat copy: each node's sum is written straight into its
+    channel slice of one buffer, and the buffer is the cell's output.
+
+    Each slice is a tensor of its own set to the buffer's storage, not a view of the buffer: views share one version
+    counter, so writing node 3 would invalidate node 2's output, which node 3's ops saved for backward. The price:
+    autograd cannot see an in-place change of the cell output made after `gather` (nothing in a supernet makes one).
+    """
+
+    def __init__(self, nodes: int):
+        self.nodes, self.buffer, self.written = nodes, None, 0
+
+    def slot(self, like: torch.Tensor) -> torch.Tensor:
+        """The next node's slice, shaped like `like` (N, C, ...)."""
+        if self.buffer is None:
+            self.buffer = like.new_empty(like.shape[0], self.nodes * like.shape[1], *like.shape[2:])
+        offset = self.written * like[0].numel()
+        self.written += 1
+        return like.new_empty(0).set_(self.buffer.untyped_storage(), offset, like.shape, self.buffer.stride())
+
+    def gather(self, nodes) -> torch.Tensor:
+        if self.written != self.nodes or any(t.untyped_storage().data_ptr() != self.buffer.untyped_storage().data_ptr()
+                                             for t in nodes):
+            raise RuntimeError("CellOutput.gather: every node's output must have been written into its slot")
+        return _Gather.apply(self.buffer, *nodes)
+
+
+class _Gather(torch.autograd.Function):
+    """Hands on the buffer the nodes were written into; backward splits the gradient as cat's does."""
+
+    @staticmethod
+    def forward(ctx, buffer, *nodes):
+        ctx.sizes = [t.shape[1] for t in nodes]
+        return buffer.detach()
+
+    @staticmethod
+    def backward(ctx, grad):
+        return (None, *grad.split(ctx.sizes, dim=1))
+
+
+class MixedSumInto(torch.autograd.Function):
+    """fused.mixed_sum with y written into `out` (a node's slot of its CellOutput); backward as mixed_sum's."""
+
+    @staticmethod
+    def forward(ctx, out, w, normalize, running_mean, running_var, training, eps, backend, *x):
+        mean, var = fused.mixed_sum_into(x, w, normalize, running_mean, running_var, training, eps, out, backend)
+        ctx.mark_dirty(out)
+        ctx.mark_non_differentiable(mean, var)
+        ctx.save_for_backward(w, mean, var, *x)
+        ctx.normalize, ctx.training, ctx.eps, ctx.backend = normalize, training, eps, backend
+        return out, mean, var
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad, _grad_mean, _grad_var):
+        w, mean, var, *x = ctx.saved_tensors
+        grad_x, grad_w = fused.mixed_sum_backward(grad, x, w, ctx.normalize, mean, var, ctx.training, ctx.eps,
+                                                  ctx.backend)
+        return (None, grad_w, None, None, None, None, None, None, *grad_x)
+
+
+def lean_node(edges, states, weights, backend=None, out: CellOutput | None = None):
+    """One node: sum over its incoming edges (edges[j] reads states[j]) of sum_k weights[j, k] · op_jk(states[j]),
+    written into the next slot of `out` when given."""
     relu_cache = {}
     xs, bns, w_index = [], [], []
     for j, (edge, h) in enumerate(zip(edges, states)):
@@ -257,8 +401,12 @@ def lean_node(edges, states, weights, backend=None):
         C = xs[0].shape[1]
         running_mean = torch.stack([bn.running_mean if bn is not None else xs[0].new_zeros(C) for bn in bns])
         running_var = torch.stack([bn.running_var if bn is not None else xs[0].new_ones(C) for bn in bns])
-    y, mean, var = fused.mixed_sum(xs, weights[list(rows), list(cols)], normalize, running_mean, running_var,
-                                   training, eps, backend=backend)
+    w = weights[list(rows), list(cols)]
+    if out is None:
+        y, mean, var = fused.mixed_sum(xs, w, normalize, running_mean, running_var, training, eps, backend=backend)
+    else:
+        y, mean, var = MixedSumInto.apply(out.slot(xs[0]), w, normalize, running_mean, running_var, training, eps,
+                                          fused.resolve_backend(backend, xs[0].device), *xs)
     if training:
         updated = [k for k, bn in enumerate(bns) if bn is not None and bn.training and bn.track_running_stats]
         _update_running_stats([bns[k] for k in updated], mean[updated], var[updated], xs[0].numel() // xs[0].shape[1])
@@ -321,17 +469,21 @@ def _replayed_rng(device, state):
 
 
 class RecomputeNode(torch.autograd.Function):
-    """y = sum over terms t of w_t · op_t(states[s_t]); keeps only the states and w."""
+    """y = sum over terms t of w_t · op_t(states[s_t]), written into the next slot of `out` (a CellOutput) when
+    given; keeps only the states and w."""
 
     @staticmethod
-    def forward(ctx, terms, n_states, w, *tensors):
+    def forward(ctx, out, terms, n_states, w, *tensors):
         states, params = tensors[:n_states], tensors[n_states:]
         y, rng = None, {}
         for t, (s, op, _) in enumerate(terms):
             if _uses_rng(op):
                 rng[t] = _rng_state(states[s].device)
             o = fast_forward(op)(states[s])
-            y = w[t] * o if y is None else y.addcmul_(o, w[t])
+            if y is None:
+                y = torch.mul(o, w[t], out=out.slot(o) if out is not None else torch.empty_like(o))
+            else:
+                y.addcmul_(o, w[t])
         ctx.terms, ctx.n_states, ctx.n_params, ctx.rng = terms, n_states, len(params), rng
         ctx.save_for_backward(w, *states)
         return y
@@ -358,10 +510,10 @@ class RecomputeNode(torch.autograd.Function):
                 if g_state is not None:
                     grad_states[s] = g_state if grad_states[s] is None else grad_states[s] + g_state
             grad_params.extend(next(found) if p.requires_grad else None for p in params)
-        return (None, None, grad_w, *grad_states, *grad_params)
+        return (None, None, None, grad_w, *grad_states, *grad_params)
 
 
-def recompute_node(edges, states, weights):
+def recompute_node(edges, states, weights, out: CellOutput | None = None):
     terms, w_index, params = [], [], []
     for j, edge in enumerate(edges):
         for k, op in enumerate(edge._ops):
@@ -373,4 +525,4 @@ def recompute_node(edges, states, weights):
             params.extend(op_params)
     rows, cols = zip(*w_index)
     w = weights[list(rows), list(cols)]
-    return RecomputeNode.apply(terms, len(states), w, *states, *params)
+    return RecomputeNode.apply(out, terms, len(states), w, *states, *params)

@@ -76,19 +76,25 @@ class SearchCell(nn.Module):
 
     def forward(self, s0, s1, weights):
         """weights: (edges, max_ops); entries past an edge's own op count are ignored."""
-        states = [self.preprocess0(s0), self.preprocess1(s1)]
+        if self.mode == "reference":
+            states = [self.preprocess0(s0), self.preprocess1(s1)]
+        else:
+            states = [lean.lean_preprocess(self.preprocess0, s0), lean.lean_preprocess(self.preprocess1, s1)]
+        # lean, recompute: nodes are written into their slices of the cell's output (no concat copy); not while
+        # torch.compile traces, which cannot follow the shared storage
+        out = None if self.mode == "reference" or torch.compiler.is_compiling() else lean.CellOutput(self.nodes)
         offset = 0
         for _ in range(self.nodes):
             edges = self._ops[offset:offset + len(states)]
             node_weights = weights[offset:offset + len(states)]
             if self.mode == "lean":
-                states.append(lean.lean_node(edges, states, node_weights, self.kernels))
+                states.append(lean.lean_node(edges, states, node_weights, self.kernels, out))
             elif self.mode == "recompute":
-                states.append(lean.recompute_node(edges, states, node_weights))
+                states.append(lean.recompute_node(edges, states, node_weights, out))
             else:
                 states.append(sum(edge(h, w) for edge, h, w in zip(edges, states, node_weights)))
             offset += len(states) - 1
-        return torch.cat(states[-self.nodes:], dim=1)
+        return out.gather(states[-self.nodes:]) if out is not None else torch.cat(states[-self.nodes:], dim=1)
 
 
 class Supernet(nn.Module):

@@ -188,3 +188,82 @@ def test_batch_norm_relu_backward(device, training, shape):
     mean, var = torch.ops.stacnas.batch_norm_stats(x.detach()) if training else (running_mean, running_var)
     ours = torch.ops.stacnas.batch_norm_relu_backward(grad, x.detach(), mean, var, training, 1e-5)
     torch.testing.assert_close(ours, expected)
+
+
+# (kernel, stride, padding, dilation): DARTS' sep/dil convs, a reduction stride, odd padding and a non-square filter
+DEPTHWISE = [((3, 3), 1, (1, 1), 1), ((5, 5), 1, (2, 2), 1), ((3, 3), 1, (2, 2), 2), ((5, 5), 2, (4, 4), 2),
+             ((3, 3), 2, (1, 1), 1), ((3, 5), 2, (0, 3), 1), ((5, 3), 3, (1, 0), 2)]
+
+
+@pytest.mark.parametrize("kernel,stride,padding,dilation", DEPTHWISE)
+@pytest.mark.parametrize("size", [(7, 9), (8, 8)])
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_depthwise_weight_grad(kernel, stride, padding, dilation, size, contiguous):
+    """The filter gradient of a depthwise conv against PyTorch's, in float64 on random data."""
+    g = torch.Generator().manual_seed(sum(kernel) + stride)
+    x = torch.randn(3, 5, *size, generator=g, dtype=torch.float64)
+    if not contiguous:
+        x = x.transpose(2, 3).contiguous().transpose(2, 3)
+    weight = torch.randn(5, 1, *kernel, generator=g, dtype=torch.float64)
+    out = F.conv2d(x, weight, None, stride, padding, dilation, 5)
+    grad = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    expected = torch.ops.aten.convolution_backward(grad, x, weight, None, [stride] * 2, list(padding), [dilation] * 2,
+                                                   False, [0, 0], 5, [False, True, False])[1]
+    ours = torch.ops.stacnas.depthwise_conv2d_weight_grad(grad, x, list(kernel), [stride] * 2, list(padding),
+                                                          [dilation] * 2)
+    torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-12)
+    ours32 = torch.ops.stacnas.depthwise_conv2d_weight_grad(grad.float(), x.float(), list(kernel), [stride] * 2,
+                                                            list(padding), [dilation] * 2)
+    torch.testing.assert_close(ours32, expected.float(), rtol=1e-5, atol=1e-5)
+
+
+def test_depthwise_weight_grad_opcheck():
+    x, grad = torch.randn(2, 3, 9, 7), torch.randn(2, 3, 5, 4)
+    torch.library.opcheck(torch.ops.stacnas.depthwise_conv2d_weight_grad.default,
+                          (grad, x, [3, 3], [2, 2], [2, 2], [2, 2]))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend", ["compiled", "reference"])
+@pytest.mark.parametrize("shape", [(3, 5, 7, 9), (2, 4, 6)])
+@pytest.mark.parametrize("training", [True, False])
+def test_mixed_sum_into_writes_only_its_slice(device, backend, shape, training):
+    """y lands in a channel slice of a larger buffer (a node's part of its cell's output); the rest stays as it was,
+    and mixed_sum_backward gives the gradients autograd gives for the reference."""
+    backend = _backend(device) if backend == "compiled" else backend
+    normalize = FLAGS["mixed"]
+    xs, w, (rm, rv) = _inputs(shape, len(normalize), torch.float32, device)
+    C = shape[1]
+    buffer = torch.full((shape[0], 3 * C, *shape[2:]), float("nan"), device=device)
+    out = buffer[:, C:2 * C]
+    mean, var = fused.mixed_sum_into(xs, w, normalize, rm, rv, training, 1e-5, out, backend=backend)
+    y_ref, mean_ref, var_ref = fused.reference_mixed_sum(xs, w, normalize, rm, rv, training, 1e-5)
+    torch.testing.assert_close(out, y_ref, rtol=1e-5, atol=1e-5)
+    assert buffer[:, :C].isnan().all() and buffer[:, 2 * C:].isnan().all()
+    torch.testing.assert_close(mean, mean_ref, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(var, var_ref, rtol=1e-5, atol=1e-6)
+    grad = torch.randn_like(y_ref)
+    grad_x, grad_w = fused.mixed_sum_backward(grad, [x.detach() for x in xs], w.detach(), normalize, mean, var,
+                                              training, 1e-5, backend=backend)
+    expected = torch.autograd.grad(y_ref, [*xs, w], grad)
+    for ours, theirs in zip([*grad_x, grad_w], expected):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+
+
+def test_mixed_sum_into_refuses_bad_out():
+    xs, w, (rm, rv) = _inputs((2, 3, 4, 5), 2, torch.float32, "cpu")
+    xs = [x.detach() for x in xs]
+    with pytest.raises(RuntimeError, match="shape, dtype and device"):
+        torch.ops.stacnas.mixed_sum_into(xs, w.detach(), [False, True], None, None, True, 1e-5,
+                                         torch.empty(2, 3, 4, 6))
+    scattered = torch.empty(2, 3, 5, 4).transpose(2, 3)  # a sample's block is not contiguous
+    with pytest.raises(RuntimeError, match="contiguously"):
+        torch.ops.stacnas.mixed_sum_into(xs, w.detach(), [False, True], None, None, True, 1e-5, scattered)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_mixed_sum_into_opcheck(device):
+    xs, w, (rm, rv) = _inputs((3, 4, 5, 2), 3, torch.float32, device)
+    out = torch.empty(3, 12, 5, 2, device=device)[:, 4:8]
+    torch.library.opcheck(torch.ops.stacnas.mixed_sum_into.default,
+                          ([x.detach() for x in xs], w.detach(), FLAGS["mixed"], rm, rv, True, 1e-5, out))

@@ -139,3 +139,78 @@ def test_lean_pools_equal_pytorch_pools(shape, stride):
     torch.testing.assert_close(avg_pool3x3(x, stride), F.avg_pool2d(x, 3, stride, 1, count_include_pad=False),
                                rtol=1e-14, atol=1e-14)
     assert torch.autograd.gradcheck(lambda t: avg_pool3x3(t, stride), (x,))
+
+
+# (in channels, out channels, kernel, stride, padding, dilation, groups): every route of lean.conv_backward
+CONVS = {"depthwise": (4, 4, 3, 1, 1, 1, 4), "depthwise 5x5": (4, 4, 5, 1, 2, 1, 4),
+         "dilated": (4, 4, 5, 1, 4, 2, 4), "dilated stride 2": (4, 4, 3, 2, 2, 2, 4),
+         "depthwise no padding": (3, 3, 3, 1, 0, 1, 3), "pointwise": (4, 6, 1, 1, 0, 1, 1),
+         "pointwise stride 2": (4, 6, 1, 2, 0, 1, 1), "dense 3x3": (4, 6, 3, 1, 1, 1, 1),
+         "grouped": (4, 6, 3, 1, 1, 1, 2)}
+
+
+@pytest.mark.parametrize("conv", sorted(CONVS))
+@pytest.mark.parametrize("size", [(7, 9), (8, 8)])
+def test_lean_conv_backward_equals_pytorch(conv, size):
+    from stacnas.lean import conv_backward
+
+    c_in, c_out, k, stride, padding, dilation, groups = CONVS[conv]
+    g = torch.Generator().manual_seed(k + stride + groups)
+    x = torch.randn(3, c_in, *size, generator=g, dtype=torch.float64)
+    weight = torch.randn(c_out, c_in // groups, k, k, generator=g, dtype=torch.float64)
+    out = F.conv2d(x, weight, None, stride, padding, dilation, groups)
+    grad = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    expected = torch.ops.aten.convolution_backward(grad, x, weight, None, [stride] * 2, [padding] * 2,
+                                                   [dilation] * 2, False, [0, 0], groups, [True, True, False])[:2]
+    for needs in [(True, True), (True, False), (False, True)]:
+        ours = conv_backward(grad, x, weight, stride, padding, dilation, groups, needs)
+        for got, want, needed in zip(ours, expected, needs):
+            if needed:
+                torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+            else:
+                assert got is None
+
+
+def test_cell_output_has_no_concat_copy():
+    """Nodes written into a CellOutput: the cell's output is their storage, equals torch.cat of them, and gradients
+    equal those through cat, although node 1 is read by node 2's ops after node 2's slot was written."""
+    from stacnas.lean import CellOutput, lean_node
+    from stacnas.supernet import MixedOp
+
+    torch.manual_seed(0)
+    edges = [MixedOp(4, 1, mode="lean") for _ in range(5)]
+    weights = torch.softmax(torch.randn(5, 8), -1).requires_grad_()
+    s0, s1 = torch.randn(2, 4, 6, 6, requires_grad=True), torch.randn(2, 4, 6, 6, requires_grad=True)
+
+    def cell(out):
+        states = [s0, s1]
+        states.append(lean_node(edges[:2], states, weights[:2], out=out))
+        states.append(lean_node(edges[2:], states, weights[2:], out=out))
+        return out.gather(states[2:]) if out is not None else torch.cat(states[2:], dim=1), states[2:]
+
+    ours, nodes = cell(CellOutput(2))
+    theirs, _ = cell(None)
+    assert all(n.untyped_storage().data_ptr() == ours.untyped_storage().data_ptr() for n in nodes)
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=0)
+    grad = torch.randn_like(ours)
+    found = torch.autograd.grad(ours, [s0, s1, weights], grad)
+    for a, b in zip(found, torch.autograd.grad(theirs, [s0, s1, weights], grad)):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_cell_output_refuses_unwritten_nodes():
+    from stacnas.lean import CellOutput
+
+    out = CellOutput(2)
+    node = out.slot(torch.randn(2, 3, 4, 4))
+    with pytest.raises(RuntimeError, match="every node's output"):
+        out.gather([node, torch.randn(2, 3, 4, 4)])
+
+
+def test_lean_supernet_traces_under_torch_compile():
+    """torch.compile cannot follow the nodes' shared storage, so a traced lean cell concatenates instead."""
+    torch.manual_seed(0)
+    model = Supernet(BUILTIN_SPACES["darts"], C=4, layers=3, nodes=2, mode="lean")
+    x = torch.randn(2, 3, 8, 8)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=False)
+    torch.testing.assert_close(compiled(x), model(x), rtol=1e-5, atol=1e-5)

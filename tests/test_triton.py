@@ -62,3 +62,18 @@ def test_cpu_needs_the_interpreter(monkeypatch):
     monkeypatch.setitem(os.environ, "TRITON_INTERPRET", "0")
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
         fused.resolve_backend("triton", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_mixed_sum_into_writes_only_its_slice(training):
+    from stacnas.kernels.mixed_sum import _mixed_sum_into
+
+    xs, w, rm, rv = _inputs((3, 4, 5), 3, torch.float32)
+    buffer = torch.full((3, 12, 5), float("nan"), device=DEVICE)
+    out = buffer[:, 4:8]
+    mean, var = fused.mixed_sum_into(xs, w, [True, False, True], rm, rv, training, 1e-5, out, backend="triton")
+    y_ref = fused.reference_mixed_sum(xs, w, [True, False, True], rm, rv, training)[0]
+    torch.testing.assert_close(out, y_ref, rtol=1e-5, atol=1e-5)
+    assert buffer[:, :4].isnan().all() and buffer[:, 8:].isnan().all()
+    torch.library.opcheck(_mixed_sum_into, ([x.detach() for x in xs], w.detach(), [True, False, True], rm, rv,
+                                            training, 1e-5, out))

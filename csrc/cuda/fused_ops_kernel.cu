@@ -75,16 +75,17 @@ __global__ void channel_sums_kernel(const scalar_t* __restrict__ a, Ptrs<const s
   }
 }
 
-// y = b_c + sum_k a_kc x_k (accumulate: y += sum_k a_kc x_k)
+// y = b_c + sum_k a_kc x_k (accumulate: y += sum_k a_kc x_k); samples of y lie y_stride elements apart
 template <typename scalar_t, typename acc_t>
 __global__ void mixed_sum_kernel(Ptrs<const scalar_t*> x, const acc_t* __restrict__ a, const acc_t* __restrict__ b,
                                  int K, int64_t C, int64_t inner, bool accumulate, scalar_t* __restrict__ y,
-                                 int64_t n) {
+                                 int64_t y_stride, int64_t n) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
     const int64_t c = (i / inner) % C;
-    acc_t acc = accumulate ? static_cast<acc_t>(y[i]) : b[c];
+    const int64_t out = (i / (C * inner)) * y_stride + i % (C * inner);
+    acc_t acc = accumulate ? static_cast<acc_t>(y[out]) : b[c];
     for (int k = 0; k < K; ++k) acc += a[k * C + c] * static_cast<acc_t>(x.p[k][i]);
-    y[i] = static_cast<scalar_t>(acc);
+    y[out] = static_cast<scalar_t>(acc);
   }
 }
 
@@ -127,14 +128,16 @@ at::Tensor channel_sums(const at::Tensor& a, const std::vector<at::Tensor>& b, c
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> mixed_sum_cuda(at::TensorList x_in, const at::Tensor& w,
-                                                              const c10::List<bool>& normalize_list,
-                                                              const c10::optional<at::Tensor>& running_mean,
-                                                              const c10::optional<at::Tensor>& running_var,
-                                                              bool training, double eps) {
+// Writes y into `y` (contiguous, or batch-strided: see sample_stride) and returns (mean, var).
+std::tuple<at::Tensor, at::Tensor> mixed_sum_into_cuda(at::TensorList x_in, const at::Tensor& w,
+                                                       const c10::List<bool>& normalize_list,
+                                                       const c10::optional<at::Tensor>& running_mean,
+                                                       const c10::optional<at::Tensor>& running_var, bool training,
+                                                       double eps, const at::Tensor& y) {
   const auto x = contiguous_all(x_in);
   const auto normalize = flags(normalize_list);
   const auto s = check_mixed_sum_args(x, w, normalize);
+  const int64_t y_stride = sample_stride(y, x[0]);
   const c10::cuda::CUDAGuard guard(w.device());
   const int K = static_cast<int>(x.size());
   const int64_t C = s.channels;
@@ -145,7 +148,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mixed_sum_cuda(at::TensorList x_i
     return std::make_pair(m, (sums[1] / count - m * m).clamp_min(0.0));
   });
   const auto [a_all, b_all] = mixed_sum_forward_coefficients(w, mean, var, normalize, eps);
-  auto y = at::empty_like(x[0], at::MemoryFormat::Contiguous);
   const int64_t n = y.numel();
   if (n > 0) {
     auto stream = c10::cuda::getCurrentCUDAStream();
@@ -159,12 +161,23 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> mixed_sum_cuda(at::TensorList x_i
         for (int k = 0; k < chunk; ++k) src.p[k] = x[k0 + k].const_data_ptr<scalar_t>();
         mixed_sum_kernel<scalar_t, acc_t><<<grid_for(n), kThreads, 0, stream>>>(
             src, a.const_data_ptr<acc_t>() + k0 * C, b.const_data_ptr<acc_t>(), chunk, C, s.inner, k0 > 0,
-            y.mutable_data_ptr<scalar_t>(), n);
+            y.mutable_data_ptr<scalar_t>(), y_stride, n);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
     });
   }
-  return {y, mean.to(w.scalar_type()), var.to(w.scalar_type())};
+  return {mean.to(w.scalar_type()), var.to(w.scalar_type())};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> mixed_sum_cuda(at::TensorList x, const at::Tensor& w,
+                                                              const c10::List<bool>& normalize,
+                                                              const c10::optional<at::Tensor>& running_mean,
+                                                              const c10::optional<at::Tensor>& running_var,
+                                                              bool training, double eps) {
+  TORCH_CHECK(!x.empty(), "mixed_sum: needs at least one input tensor");
+  auto y = at::empty_like(x[0], at::MemoryFormat::Contiguous);
+  auto [mean, var] = mixed_sum_into_cuda(x, w, normalize, running_mean, running_var, training, eps, y);
+  return {y, mean, var};
 }
 
 std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_sum_backward_cuda(
@@ -352,6 +365,7 @@ at::Tensor batch_norm_relu_backward_cuda(const at::Tensor& grad_in, const at::Te
 
 TORCH_LIBRARY_IMPL(stacnas, CUDA, m) {
   m.impl("mixed_sum", &mixed_sum_cuda);
+  m.impl("mixed_sum_into", &mixed_sum_into_cuda);
   m.impl("mixed_sum_backward", &mixed_sum_backward_cuda);
   m.impl("max_pool2d_backward_from_output", &max_pool2d_backward_from_output_cuda);
   m.impl("batch_norm_stats", &batch_norm_stats_cuda);
