@@ -435,17 +435,17 @@ def _update_running_stats(bns, means, variances, n):
 
 @contextlib.contextmanager
 def frozen_running_stats(module: nn.Module):
-    """Run module without changing any BN running statistics (they were updated once already)."""
-    saved = [(bn, bn.running_mean.clone(), bn.running_var.clone(), bn.num_batches_tracked.clone())
-             for bn in module.modules() if isinstance(bn, nn.BatchNorm2d) and bn.track_running_stats]
+    """Run module without changing any BN running statistics (they were updated once already): its training-mode BNs
+    stop tracking for the while, so they normalize with the batch statistics as before and update nothing."""
+    bns = [bn for bn in module.modules()
+           if isinstance(bn, nn.modules.batchnorm._BatchNorm) and bn.training and bn.track_running_stats]
+    for bn in bns:
+        bn.track_running_stats = False
     try:
         yield
     finally:
-        with torch.no_grad():
-            for bn, mean, var, count in saved:
-                bn.running_mean.copy_(mean)
-                bn.running_var.copy_(var)
-                bn.num_batches_tracked.copy_(count)
+        for bn in bns:
+            bn.track_running_stats = True
 
 
 def _uses_rng(op: nn.Module) -> bool:
@@ -498,13 +498,11 @@ class RecomputeNode(torch.autograd.Function):
         for t, (s, op, params) in enumerate(ctx.terms):
             replay = _replayed_rng(leaves[s].device, ctx.rng[t]) if t in ctx.rng else contextlib.nullcontext()
             wanted = ([leaves[s]] if leaves[s].requires_grad else []) + [p for p in params if p.requires_grad]
-            # the running statistics are restored only after backward: BN's backward checks they are unchanged
-            with frozen_running_stats(op):
-                with torch.enable_grad(), replay:
-                    o = fast_forward(op)(leaves[s])
-                grad_w[t] = (grad * o.detach()).sum()
-                found = iter(torch.autograd.grad(o, wanted, grad * w[t], allow_unused=True)
-                             if o.requires_grad and wanted else [None] * len(wanted))
+            with frozen_running_stats(op), torch.enable_grad(), replay:
+                o = fast_forward(op)(leaves[s])
+            grad_w[t] = (grad * o.detach()).sum()
+            found = iter(torch.autograd.grad(o, wanted, grad * w[t], allow_unused=True)
+                         if o.requires_grad and wanted else [None] * len(wanted))
             if leaves[s].requires_grad:
                 g_state = next(found)
                 if g_state is not None:
