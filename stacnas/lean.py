@@ -6,9 +6,13 @@
   - `none` is skipped (its output is 0, so it adds nothing and its weight gets no gradient from the sum);
   - ReLU(h) is computed once per state and shared by every conv candidate of every edge leaving it; the convs keep
     h, not ReLU(h), and recompute the ReLU in backward (likewise BN+ReLU inside sep_conv keeps only the BN input);
-  - max-pool keeps no indices: backward finds them again from the pool's input, which is kept anyway.
-`recompute`: a node keeps only its input states and weights; backward recomputes each candidate, one at a time,
-  with the BN running statistics frozen (they were updated once, in forward) and the RNG of `noise` replayed.
+  - max-pool keeps no indices: backward finds them again from the pool's input, which is kept anyway;
+  - no concat copy: nodes are written into their channel slices of the cell's output (CellOutput);
+  - a cell's preprocess keeps the previous cell's output, not ReLU of it;
+  - on CPUs the depthwise and pointwise convs take faster backward routes than PyTorch's (conv_backward).
+`recompute`: a node keeps only its input states and weights; backward recomputes each candidate, one at a time, the
+  way lean computes it, with the BN running statistics frozen (they were updated once, in forward) and the RNG of
+  `noise` replayed.
 """
 from __future__ import annotations
 
@@ -234,30 +238,8 @@ def fast_pool(pool: nn.Module):
     return None
 
 
-def fast_forward(op: nn.Module):
-    """op's forward, with a DARTS pool op ([3×3 pool, BN]) on the fast pools and the bias-free convs of a layer list
-    on `Conv` (fast backward); other ops as they are."""
-    layers = _layers(op)
-    if layers is None:
-        return op
-    if len(layers) == 2 and isinstance(layers[0], (nn.AvgPool2d, nn.MaxPool2d)):
-        pool = fast_pool(layers[0])
-        if pool is not None:
-            bn = layers[1]
-            return lambda h: bn(pool(h))
-    if any(_plain_conv(layer) for layer in layers):
-        return lambda h: _run_layers(layers, h)
-    return op
-
-
 def _plain_conv(layer: nn.Module) -> bool:
     return type(layer) is nn.Conv2d and layer.bias is None and layer.padding_mode == "zeros"
-
-
-def _run_layers(layers, x):
-    for layer in layers:
-        x = _apply_conv(layer, x) if _plain_conv(layer) else layer(x)
-    return x
 
 
 def _apply_conv(conv: nn.Conv2d, x):
@@ -301,16 +283,23 @@ def lean_term(op: nn.Module, h: torch.Tensor, relu_h):
     return x, layers[-1]
 
 
+def _shared_relu(states):
+    """relu_of(j)() is ReLU(states[j]), computed once however many convs read it."""
+    cache = {}
+
+    def relu_of(j):
+        def relu():
+            if j not in cache:
+                cache[j] = F.relu(states[j].detach())
+            return cache[j]
+        return relu
+    return relu_of
+
+
 def lean_preprocess(op: nn.Module, s: torch.Tensor) -> torch.Tensor:
     """A cell's preprocess op (ReLU-conv-BN or FactorizedReduce) keeping its input s, not ReLU(s): s is the previous
     cell's output, which the two cells reading it then share for backward."""
-    relu = []
-
-    def relu_s():
-        if not relu:
-            relu.append(F.relu(s.detach()))
-        return relu[0]
-    x, bn = lean_term(op, s, relu_s)
+    x, bn = lean_term(op, s, _shared_relu([s])(0))
     return x if bn is None else bn(x)
 
 
@@ -375,24 +364,21 @@ class MixedSumInto(torch.autograd.Function):
         return (None, grad_w, None, None, None, None, None, None, *grad_x)
 
 
+def _terms(edges):
+    """(j, k, op) for every candidate op k of edge j but `none` (its output is 0: it adds nothing to the sum)."""
+    return [(j, k, op) for j, edge in enumerate(edges) for k, op in enumerate(edge._ops) if not is_none_op(op)]
+
+
 def lean_node(edges, states, weights, backend=None, out: CellOutput | None = None):
     """One node: sum over its incoming edges (edges[j] reads states[j]) of sum_k weights[j, k] · op_jk(states[j]),
     written into the next slot of `out` when given."""
-    relu_cache = {}
-    xs, bns, w_index = [], [], []
-    for j, (edge, h) in enumerate(zip(edges, states)):
-        def relu_h(h=h, j=j):
-            if j not in relu_cache:
-                relu_cache[j] = F.relu(h.detach())
-            return relu_cache[j]
-        for k, op in enumerate(edge._ops):
-            if is_none_op(op):
-                continue
-            x, bn = lean_term(op, h, relu_h)
-            xs.append(x)
-            bns.append(bn)
-            w_index.append((j, k))
-    rows, cols = zip(*w_index)
+    relu_of = _shared_relu(states)
+    terms = _terms(edges)
+    xs, bns = [], []
+    for j, _, op in terms:
+        x, bn = lean_term(op, states[j], relu_of(j))
+        xs.append(x)
+        bns.append(bn)
     normalize = [bn is not None for bn in bns]
     training = any(bn.training or not bn.track_running_stats for bn in bns if bn is not None)
     eps = next((bn.eps for bn in bns if bn is not None), 1e-5)
@@ -401,7 +387,7 @@ def lean_node(edges, states, weights, backend=None, out: CellOutput | None = Non
         C = xs[0].shape[1]
         running_mean = torch.stack([bn.running_mean if bn is not None else xs[0].new_zeros(C) for bn in bns])
         running_var = torch.stack([bn.running_var if bn is not None else xs[0].new_ones(C) for bn in bns])
-    w = weights[list(rows), list(cols)]
+    w = weights[[j for j, _, _ in terms], [k for _, k, _ in terms]]
     if out is None:
         y, mean, var = fused.mixed_sum(xs, w, normalize, running_mean, running_var, training, eps, backend=backend)
     else:
@@ -473,18 +459,19 @@ class RecomputeNode(torch.autograd.Function):
     given; keeps only the states and w."""
 
     @staticmethod
-    def forward(ctx, out, terms, n_states, w, *tensors):
+    def forward(ctx, out, backend, terms, n_states, w, *tensors):
         states, params = tensors[:n_states], tensors[n_states:]
+        relu_of = _shared_relu(states)
         y, rng = None, {}
         for t, (s, op, _) in enumerate(terms):
             if _uses_rng(op):
                 rng[t] = _rng_state(states[s].device)
-            o = fast_forward(op)(states[s])
+            y_t = _weighted_term(*lean_term(op, states[s], relu_of(s)), w[t:t + 1], backend)
             if y is None:
-                y = torch.mul(o, w[t], out=out.slot(o) if out is not None else torch.empty_like(o))
+                y = out.slot(y_t).copy_(y_t) if out is not None else y_t
             else:
-                y.addcmul_(o, w[t])
-        ctx.terms, ctx.n_states, ctx.n_params, ctx.rng = terms, n_states, len(params), rng
+                y.add_(y_t)
+        ctx.terms, ctx.n_states, ctx.n_params, ctx.rng, ctx.backend = terms, n_states, len(params), rng, backend
         ctx.save_for_backward(w, *states)
         return y
 
@@ -493,34 +480,40 @@ class RecomputeNode(torch.autograd.Function):
     def backward(ctx, grad):
         w, *states = ctx.saved_tensors
         leaves = [s.detach().requires_grad_(s.requires_grad) for s in states]
+        relu_of = _shared_relu(states)
         grad_states = [None] * len(states)
         grad_params, grad_w = [], torch.zeros_like(w)
         for t, (s, op, params) in enumerate(ctx.terms):
             replay = _replayed_rng(leaves[s].device, ctx.rng[t]) if t in ctx.rng else contextlib.nullcontext()
-            wanted = ([leaves[s]] if leaves[s].requires_grad else []) + [p for p in params if p.requires_grad]
+            w_t = w[t:t + 1].detach().requires_grad_()
+            wanted = [w_t] + ([leaves[s]] if leaves[s].requires_grad else []) + [p for p in params if p.requires_grad]
             with frozen_running_stats(op), torch.enable_grad(), replay:
-                o = fast_forward(op)(leaves[s])
-            grad_w[t] = (grad * o.detach()).sum()
-            found = iter(torch.autograd.grad(o, wanted, grad * w[t], allow_unused=True)
-                         if o.requires_grad and wanted else [None] * len(wanted))
+                y_t = _weighted_term(*lean_term(op, leaves[s], relu_of(s)), w_t, ctx.backend)
+            found = iter(torch.autograd.grad(y_t, wanted, grad, allow_unused=True))
+            grad_w[t] = next(found)[0]
             if leaves[s].requires_grad:
                 g_state = next(found)
                 if g_state is not None:
                     grad_states[s] = g_state if grad_states[s] is None else grad_states[s] + g_state
             grad_params.extend(next(found) if p.requires_grad else None for p in params)
-        return (None, None, None, grad_w, *grad_states, *grad_params)
+        return (None, None, None, None, grad_w, *grad_states, *grad_params)
 
 
-def recompute_node(edges, states, weights, out: CellOutput | None = None):
-    terms, w_index, params = [], [], []
-    for j, edge in enumerate(edges):
-        for k, op in enumerate(edge._ops):
-            if is_none_op(op):
-                continue
-            op_params = list(op.parameters())
-            terms.append((j, op, op_params))
-            w_index.append((j, k))
-            params.extend(op_params)
-    rows, cols = zip(*w_index)
-    w = weights[list(rows), list(cols)]
-    return RecomputeNode.apply(out, terms, len(states), w, *states, *params)
+def _weighted_term(x, bn, w_t, backend):
+    """w_t · x, or w_t · bn(x) for the folded BN(affine=False) `bn` (through mixed_sum: bn's output never exists),
+    updating bn's running statistics as its forward would (a no-op under frozen_running_stats)."""
+    if bn is None:
+        return x * w_t
+    training = bn.training or not bn.track_running_stats
+    stats = (None, None) if training else (bn.running_mean[None], bn.running_var[None])
+    y, mean, var = fused.mixed_sum([x], w_t, [True], *stats, training, bn.eps, backend=backend)
+    if bn.training and bn.track_running_stats:
+        _update_running_stats([bn], mean, var, x.numel() // x.shape[1])
+    return y
+
+
+def recompute_node(edges, states, weights, backend=None, out: CellOutput | None = None):
+    found = _terms(edges)
+    terms = [(j, op, list(op.parameters())) for j, _, op in found]
+    w = weights[[j for j, _, _ in found], [k for _, k, _ in found]]
+    return RecomputeNode.apply(out, backend, terms, len(states), w, *states, *(p for _, _, ps in terms for p in ps))
