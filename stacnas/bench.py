@@ -172,9 +172,14 @@ def run(cfg: BenchConfig) -> dict:
         for mode, r in results.items():
             r["saved_bytes_ratio"] = r["saved_bytes_per_sample"] / ref["saved_bytes_per_sample"]
             # the median of per-round ratios: a burst of machine noise slows every mode of its round alike
-            r["step_time_ratio"] = statistics.median(t / t_ref for t, t_ref in zip(r["step_seconds_all"],
-                                                                                     ref["step_seconds_all"]))
+            r["step_time_ratio"] = _round_ratio(r, ref)
+    if "lean" in results and "recompute" in results:
+        results["recompute"]["step_time_ratio_to_lean"] = _round_ratio(results["recompute"], results["lean"])
     return {"config": asdict(cfg), "machine": _machine(device), "results": results}
+
+
+def _round_ratio(result: dict, base: dict) -> float:
+    return statistics.median(t / t_base for t, t_base in zip(result["step_seconds_all"], base["step_seconds_all"]))
 
 
 def _machine(device) -> dict:
@@ -198,6 +203,9 @@ def render(report: dict) -> str:
         if cuda:
             line += f" {r['peak_cuda_mib']:>13.0f} {r['max_batch_in_budget']:>9d}"
         lines.append(line)
+    if "step_time_ratio_to_lean" in report["results"].get("recompute", {}):
+        lines.append(f"recompute step / lean step: {report['results']['recompute']['step_time_ratio_to_lean']:.2f} "
+                     "(ratios: medians of per-round ratios)")
     return "\n".join(lines)
 
 

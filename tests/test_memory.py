@@ -52,4 +52,7 @@ def test_bench_cli_writes_json(tmp_path):
     for r in report["results"].values():
         assert r["saved_bytes_per_sample"] > 0 and r["step_seconds_median"] > 0 and r["peak_rss_mib"] > 0
     assert report["results"]["lean"]["saved_bytes_ratio"] < 1
-    assert "saved MiB/sample" in result.stdout
+    ref, rec = report["results"]["reference"], report["results"]["recompute"]
+    assert rec["step_time_ratio"] == rec["step_seconds_all"][0] / ref["step_seconds_all"][0]  # one round
+    assert rec["step_time_ratio_to_lean"] > 0
+    assert "saved MiB/sample" in result.stdout and "recompute step / lean step" in result.stdout
