@@ -474,7 +474,7 @@ class RecomputeNode(torch.autograd.Function):
     given; keeps only the states and w."""
 
     @staticmethod
-    def forward(ctx, out, terms, n_states, w, *tensors):
+    def forward(ctx, out, backend, terms, n_states, w, *tensors):
         states, params = tensors[:n_states], tensors[n_states:]
         relu_of = _shared_relu(states)
         y, rng = None, {}
@@ -486,7 +486,7 @@ class RecomputeNode(torch.autograd.Function):
                 y = out.slot(y_t).copy_(y_t) if out is not None else y_t
             else:
                 y.add_(y_t)
-        ctx.terms, ctx.n_states, ctx.n_params, ctx.rng = terms, n_states, len(params), rng
+        ctx.terms, ctx.n_states, ctx.n_params, ctx.rng, ctx.backend = terms, n_states, len(params), rng, backend
         ctx.save_for_backward(w, *states)
         return y
 
@@ -500,27 +500,42 @@ class RecomputeNode(torch.autograd.Function):
         grad_params, grad_w = [], torch.zeros_like(w)
         for t, (s, op, params) in enumerate(ctx.terms):
             replay = _replayed_rng(leaves[s].device, ctx.rng[t]) if t in ctx.rng else contextlib.nullcontext()
-            w_t = w[t].detach().requires_grad_()
-            wanted = [w_t] + ([leaves[s]] if leaves[s].requires_grad else []) + [p for p in params if p.requires_grad]
             with frozen_running_stats(op), torch.enable_grad(), replay:
-                y_t = _weighted_term(*lean_term(op, leaves[s], relu_of(s)), w_t)
-            found = iter(torch.autograd.grad(y_t, wanted, grad, allow_unused=True))
-            grad_w[t] = next(found)
+                x, bn = lean_term(op, leaves[s], relu_of(s))
+            grad_x, grad_w[t] = _term_backward(grad, x.detach(), bn, w[t:t + 1], ctx.backend)
+            wanted = ([leaves[s]] if leaves[s].requires_grad else []) + [p for p in params if p.requires_grad]
+            found = iter(torch.autograd.grad(x, wanted, grad_x, allow_unused=True) if x.requires_grad and wanted
+                         else [None] * len(wanted))
             if leaves[s].requires_grad:
                 g_state = next(found)
                 if g_state is not None:
                     grad_states[s] = g_state if grad_states[s] is None else grad_states[s] + g_state
             grad_params.extend(next(found) if p.requires_grad else None for p in params)
-        return (None, None, None, grad_w, *grad_states, *grad_params)
+        return (None, None, None, None, grad_w, *grad_states, *grad_params)
 
 
 def _weighted_term(x, bn, w_t):
-    """w_t · x, or w_t · bn(x) for a trailing BN (its output is transient here: one term at a time)."""
+    """w_t · x, or w_t · bn(x) for a trailing BN (updating its running statistics once, as its forward does)."""
     return (x if bn is None else bn(x)) * w_t
 
 
-def recompute_node(edges, states, weights, out: CellOutput | None = None):
+def _term_backward(grad, x, bn, w_t, backend):
+    """(dL/dx, dL/dw_t) for the term w_t · x, or w_t · bn(x) with the BN folded: one fused backward pass from x and
+    the BN's statistics, the BN's output never formed."""
+    if bn is None:
+        return grad * w_t, (grad * x).sum()
+    if bn.training or not bn.track_running_stats:
+        mean, var = fused.batch_norm_stats(x)
+        training = True
+    else:
+        mean, var, training = bn.running_mean, bn.running_var, False
+    (grad_x,), grad_w = fused.mixed_sum_backward(grad, [x], w_t, [True], mean[None], var[None], training, bn.eps,
+                                                 backend)
+    return grad_x, grad_w[0]
+
+
+def recompute_node(edges, states, weights, backend=None, out: CellOutput | None = None):
     found = _terms(edges)
     terms = [(j, op, list(op.parameters())) for j, _, op in found]
     w = weights[[j for j, _, _ in found], [k for _, k, _ in found]]
-    return RecomputeNode.apply(out, terms, len(states), w, *states, *(p for _, _, ps in terms for p in ps))
+    return RecomputeNode.apply(out, backend, terms, len(states), w, *states, *(p for _, _, ps in terms for p in ps))

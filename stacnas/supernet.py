@@ -51,7 +51,7 @@ class MixedOp(nn.Module):
         if self.mode == "lean":
             return lean.lean_node([self], [x], weights.view(1, -1), self.kernels)
         if self.mode == "recompute":
-            return lean.recompute_node([self], [x], weights.view(1, -1))
+            return lean.recompute_node([self], [x], weights.view(1, -1), self.kernels)
         return sum(w * op(x) for w, op in zip(weights, self._ops))
 
 
@@ -90,7 +90,7 @@ class SearchCell(nn.Module):
             if self.mode == "lean":
                 states.append(lean.lean_node(edges, states, node_weights, self.kernels, out))
             elif self.mode == "recompute":
-                states.append(lean.recompute_node(edges, states, node_weights, out))
+                states.append(lean.recompute_node(edges, states, node_weights, self.kernels, out))
             else:
                 states.append(sum(edge(h, w) for edge, h, w in zip(edges, states, node_weights)))
             offset += len(states) - 1
