@@ -88,7 +88,9 @@ def conv_forward(x, weight, stride, padding, dilation, groups):
     """F.conv2d(x, weight, None, stride, padding, dilation, groups); pointwise convs as matrix products on CPUs."""
     if _pointwise(x, weight, stride, padding, groups):
         n, c_out = x.shape[0], weight.shape[0]
-        return torch.matmul(weight.reshape(c_out, -1), x.reshape(n, x.shape[1], -1)).view(n, c_out, *x.shape[2:])
+        # bmm with the weight expanded (a view): torch.matmul would copy x to fold the batch into one product
+        matrix = weight.reshape(1, c_out, -1).expand(n, -1, -1)
+        return torch.bmm(matrix, x.reshape(n, x.shape[1], -1)).view(n, c_out, *x.shape[2:])
     return F.conv2d(x, weight, None, stride, padding, dilation, groups)
 
 
@@ -118,7 +120,7 @@ def conv_backward(grad, x, weight, stride, padding, dilation, groups, needs):
     if _pointwise(x, weight, stride, padding, groups):
         n = x.shape[0]
         g = grad.reshape(n, c_out, -1)
-        grad_x = torch.matmul(weight.reshape(c_out, -1).t(), g).view(x.shape) if needs[0] else None
+        grad_x = torch.bmm(weight.reshape(1, c_out, -1).mT.expand(n, -1, -1), g).view(x.shape) if needs[0] else None
         grad_weight = torch.bmm(g, x.reshape(n, x.shape[1], -1).transpose(1, 2)).sum(0).view(weight.shape) \
             if needs[1] else None
         return grad_x, grad_weight

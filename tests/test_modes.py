@@ -151,14 +151,16 @@ CONVS = {"depthwise": (4, 4, 3, 1, 1, 1, 4), "depthwise 5x5": (4, 4, 5, 1, 2, 1,
 
 @pytest.mark.parametrize("conv", sorted(CONVS))
 @pytest.mark.parametrize("size", [(7, 9), (8, 8)])
-def test_lean_conv_backward_equals_pytorch(conv, size):
-    from stacnas.lean import conv_backward
+def test_lean_conv_routes_equal_pytorch(conv, size):
+    from stacnas.lean import conv_backward, conv_forward
 
     c_in, c_out, k, stride, padding, dilation, groups = CONVS[conv]
     g = torch.Generator().manual_seed(k + stride + groups)
     x = torch.randn(3, c_in, *size, generator=g, dtype=torch.float64)
     weight = torch.randn(c_out, c_in // groups, k, k, generator=g, dtype=torch.float64)
     out = F.conv2d(x, weight, None, stride, padding, dilation, groups)
+    torch.testing.assert_close(conv_forward(x, weight, stride, padding, dilation, groups), out, rtol=1e-12,
+                               atol=1e-12)
     grad = torch.randn(out.shape, generator=g, dtype=torch.float64)
     expected = torch.ops.aten.convolution_backward(grad, x, weight, None, [stride] * 2, [padding] * 2,
                                                    [dilation] * 2, False, [0, 0], groups, [True, True, False])[:2]
