@@ -477,7 +477,7 @@ class RecomputeNode(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, out, backend, terms, n_states, w, *tensors):
-        states, params = tensors[:n_states], tensors[n_states:]
+        states = tensors[:n_states]  # the rest are the ops' parameters: inputs, so that they get gradients
         relu_of = _shared_relu(states)
         y, rng = None, {}
         for t, (s, op, _) in enumerate(terms):
@@ -488,7 +488,7 @@ class RecomputeNode(torch.autograd.Function):
                 y = out.slot(y_t).copy_(y_t) if out is not None else y_t
             else:
                 y.add_(y_t)
-        ctx.terms, ctx.n_states, ctx.n_params, ctx.rng, ctx.backend = terms, n_states, len(params), rng, backend
+        ctx.terms, ctx.rng, ctx.backend = terms, rng, backend
         ctx.save_for_backward(w, *states)
         return y
 
