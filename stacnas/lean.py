@@ -483,11 +483,12 @@ class RecomputeNode(torch.autograd.Function):
         for t, (s, op, _) in enumerate(terms):
             if _uses_rng(op):
                 rng[t] = _rng_state(states[s].device)
-            y_t = _weighted_term(*lean_term(op, states[s], relu_of(s)), w[t])
+            x, bn = lean_term(op, states[s], relu_of(s))
+            o = x if bn is None else bn(x)  # transient: one term at a time; bn updates its statistics once
             if y is None:
-                y = out.slot(y_t).copy_(y_t) if out is not None else y_t
+                y = torch.mul(o, w[t], out=out.slot(o) if out is not None else torch.empty_like(o))
             else:
-                y.add_(y_t)
+                y.addcmul_(o, w[t])
         ctx.terms, ctx.rng, ctx.backend = terms, rng, backend
         ctx.save_for_backward(w, *states)
         return y
@@ -514,11 +515,6 @@ class RecomputeNode(torch.autograd.Function):
                     grad_states[s] = g_state if grad_states[s] is None else grad_states[s] + g_state
             grad_params.extend(next(found) if p.requires_grad else None for p in params)
         return (None, None, None, None, grad_w, *grad_states, *grad_params)
-
-
-def _weighted_term(x, bn, w_t):
-    """w_t · x, or w_t · bn(x) for a trailing BN (updating its running statistics once, as its forward does)."""
-    return (x if bn is None else bn(x)) * w_t
 
 
 def _term_backward(grad, x, bn, w_t, backend):

@@ -247,7 +247,7 @@ def test_mixed_sum_into_writes_only_its_slice(device, backend, shape, training):
                                               training, 1e-5, backend=backend)
     expected = torch.autograd.grad(y_ref, [*xs, w], grad)
     for ours, theirs in zip([*grad_x, grad_w], expected):
-        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
 
 
 def test_mixed_sum_into_refuses_bad_out():
