@@ -5,7 +5,8 @@ import glob
 import os
 import shutil
 
-from setuptools import setup
+import pybind11
+from setuptools import find_packages, setup
 
 import torch
 
@@ -49,18 +50,18 @@ if build_cuda:
         raise SystemExit("stacnas: a CUDA build was asked for but no CUDA toolkit was found; set CUDA_HOME")
     sources += sorted(glob.glob("csrc/cuda/*.cu"))
     extension = CUDAExtension(
-        "stacnas._C", sources, define_macros=[("STACNAS_WITH_CUDA", None)],
+        "stacnas._C", sources, include_dirs=[pybind11.get_include()],
         extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3"]}, extra_link_args=["-fopenmp"])
 else:
-    extension = CppExtension("stacnas._C", sources, extra_compile_args={"cxx": cxx_flags},
-                             extra_link_args=["-fopenmp"])
+    extension = CppExtension("stacnas._C", sources, include_dirs=[pybind11.get_include()],
+                             extra_compile_args={"cxx": cxx_flags}, extra_link_args=["-fopenmp"])
 
 print(f"stacnas build: torch {torch.__version__}; C++ CPU kernels: yes; CUDA kernels: "
       + (f"yes (CUDA_HOME={cuda_home}, TORCH_CUDA_ARCH_LIST={os.environ.get('TORCH_CUDA_ARCH_LIST')})"
          if build_cuda else "no (set FORCE_CUDA=1 or TORCH_CUDA_ARCH_LIST to build them)"))
 
 setup(
-    packages=["stacnas", "stacnas.kernels"],
+    packages=[*find_packages(include=["stacnas", "stacnas.*"]), "stacnas.kernels"],
     package_dir={"stacnas": "stacnas", "stacnas.kernels": "kernels"},
     package_data={"stacnas": ["presets/*.yaml"]},
     ext_modules=[extension],

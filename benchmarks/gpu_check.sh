@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU check: build the CUDA extension, run the kernel tests on CUDA (Triton compiled, not interpreted; fp16 and
-# bf16 included), time the fused sum against the measured copy bandwidth and the supernet modes against each
-# other. Writes everything to benchmarks/results/gpu-<gpu>-<date>.* (or $RESULTS_DIR); commit those files.
+# bf16 included), time the kernels (benchmarks/: every backend of the registry, the fused sum against the copy
+# bandwidth) and the supernet modes against each other. Writes everything to benchmarks/results/gpu-<gpu>-<date>.*
+# (or $RESULTS_DIR); commit those files.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 unset TRITON_INTERPRET
@@ -13,9 +14,9 @@ mkdir -p "$(dirname "$stem")"
   FORCE_CUDA=1 python3 -m pip install -q --no-build-isolation -e . 2>&1 | grep -v "root' user" || true
   python3 -m stacnas info
   echo "== kernel tests on CUDA"
-  python3 -m pytest -q tests/test_fused.py tests/test_triton.py tests/test_modes.py tests/test_dropin.py
-  echo "== fused sum vs copy bandwidth"
-  python3 benchmarks/kernel_bandwidth.py --out "$stem-bandwidth.json"
+  python3 -m pytest -q tests/test_fused.py tests/test_modes.py tests/test_dropin.py
+  echo "== kernel benchmarks"
+  python3 -m pytest -q benchmarks --benchmark-group-by=group,param:shape --benchmark-json "$stem-kernels.json"
   echo "== supernet modes (batch 64)"
   python3 benchmarks/supernet.py --batch-size 64 --repeats 10 --out "$stem-supernet.json"
 } 2>&1 | tee "$stem.txt"

@@ -1,20 +1,20 @@
-"""Kernel-level benchmark of the lean supernet's CPU conv backward routes against PyTorch's (pytest-benchmark).
-
-    python -m pytest benchmarks/test_conv_backward.py --benchmark-group-by=param:conv
+"""The lean supernet's CPU conv backward routes against PyTorch's (CPU tensors on every machine: on GPUs the lean
+routes are PyTorch's).
 
 Input and filter gradients of the depthwise and pointwise convs inside DARTS' sep_conv and dil_conv, at the size of
 a C=16 supernet's first cells (batch 16, 16 channels, 32×32): `aten` is torch.ops.aten.convolution_backward, `lean`
-is stacnas.lean.conv_backward. Both run in one session; their ratio is what to read.
+is stacnas.nn.routes.conv_backward. Group by conv (--benchmark-group-by=param:conv) to read their ratio.
 """
 import pytest
 import torch
 
-from stacnas.lean import conv_backward
+from stacnas.nn.routes import conv_backward
 
 # (kernel, dilation, groups): sep_conv 3×3 and 5×5 depthwise, dil_conv 3×3 and 5×5 depthwise, the pointwise 1×1
 CONVS = {"dw3": (3, 1, 16), "dw5": (5, 1, 16), "dil3": (3, 2, 16), "dil5": (5, 2, 16), "pw": (1, 1, 1)}
 
 
+@pytest.mark.benchmark(group="conv_backward")
 @pytest.mark.parametrize("route", ["aten", "lean"])
 @pytest.mark.parametrize("conv", sorted(CONVS))
 def test_conv_backward(benchmark, route, conv):

@@ -1,10 +1,10 @@
-// stacnas._C: schemas of the fused ops and their CPU kernels (the math is in fused_ops.h).
+// stacnas._C: the schemas of the fused ops (TORCH_LIBRARY, at the end), the host-side math the CPU and CUDA kernels
+// share (declared in fused_ops.h), and the CPU kernels. The CUDA kernels are in cuda/fused_ops_kernel.cu, the Python
+// module that loads this library in module.cpp.
 //
 // Forward: per normalized input one pass for its batch statistics, then one pass writing y.
 // Backward: one pass for the channel sums S_c = sum g and T_kc = sum g x_k, one pass writing every dx_k.
 // Sums accumulate in double, each channel in one thread, so results do not depend on the thread count.
-#include <Python.h>
-
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/NumericUtils.h>
@@ -15,14 +15,6 @@
 #include <vector>
 
 #include "fused_ops.h"
-
-extern "C" {
-// Importing stacnas._C loads this library and so registers the ops; it exposes no Python functions.
-PyObject* PyInit__C(void) {
-  static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
-  return PyModule_Create(&module_def);
-}
-}
 
 namespace stacnas {
 
@@ -174,7 +166,7 @@ std::pair<at::Tensor, at::Tensor> channel_stats_cpu(const at::Tensor& x, const M
   return {mean, var};
 }
 
-// Writes y into `y` (contiguous, or batch-strided: see sample_stride) and returns (mean, var).
+// mixed_sum_into: writes y into `y` (contiguous, or batch-strided: see sample_stride) and returns (mean, var).
 std::tuple<at::Tensor, at::Tensor> mixed_sum_into_cpu(at::TensorList x_in, const at::Tensor& w,
                                                       const c10::List<bool>& normalize_list,
                                                       const c10::optional<at::Tensor>& running_mean,
@@ -216,17 +208,6 @@ std::tuple<at::Tensor, at::Tensor> mixed_sum_into_cpu(at::TensorList x_in, const
     });
   });
   return {mean.to(w.scalar_type()), var.to(w.scalar_type())};
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> mixed_sum_cpu(at::TensorList x, const at::Tensor& w,
-                                                             const c10::List<bool>& normalize,
-                                                             const c10::optional<at::Tensor>& running_mean,
-                                                             const c10::optional<at::Tensor>& running_var,
-                                                             bool training, double eps) {
-  TORCH_CHECK(!x.empty(), "mixed_sum: needs at least one input tensor");
-  auto y = at::empty_like(x[0], at::MemoryFormat::Contiguous);
-  auto [mean, var] = mixed_sum_into_cpu(x, w, normalize, running_mean, running_var, training, eps, y);
-  return {y, mean, var};
 }
 
 std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_sum_backward_cpu(
@@ -470,8 +451,6 @@ at::Tensor depthwise_conv2d_weight_grad_cpu(const at::Tensor& grad_in, const at:
 }  // namespace
 
 TORCH_LIBRARY(stacnas, m) {
-  m.def("mixed_sum(Tensor[] x, Tensor w, bool[] normalize, Tensor? running_mean, Tensor? running_var, "
-        "bool training, float eps) -> (Tensor, Tensor, Tensor)");
   m.def("mixed_sum_into(Tensor[] x, Tensor w, bool[] normalize, Tensor? running_mean, Tensor? running_var, "
         "bool training, float eps, Tensor(a!) out) -> (Tensor, Tensor)");
   m.def("mixed_sum_backward(Tensor grad, Tensor[] x, Tensor w, bool[] normalize, Tensor mean, Tensor var, "
@@ -485,7 +464,6 @@ TORCH_LIBRARY(stacnas, m) {
 }
 
 TORCH_LIBRARY_IMPL(stacnas, CPU, m) {
-  m.impl("mixed_sum", &mixed_sum_cpu);
   m.impl("mixed_sum_into", &mixed_sum_into_cpu);
   m.impl("mixed_sum_backward", &mixed_sum_backward_cpu);
   m.impl("max_pool2d_backward_from_output", &max_pool2d_backward_from_output_cpu);

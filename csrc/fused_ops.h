@@ -1,8 +1,9 @@
 #pragma once
-// Shared pieces of the fused kernels (CPU in fused_ops.cpp, CUDA in cuda/fused_ops_kernel.cu).
+// The host-side pieces both kernel sets share (defined in fused_ops.cpp; the CPU kernels are there too, the CUDA ones
+// in cuda/fused_ops_kernel.cu).
 //
-// mixed_sum(x[K], w[K], normalize[K], running_mean?, running_var?, training, eps) -> (y, mean[K,C], var[K,C])
-// mixed_sum_into(..., out) -> (mean, var) writes y into out instead (a node's slice of its cell's output).
+// mixed_sum_into(x[K], w[K], normalize[K], running_mean?, running_var?, training, eps, out) -> (mean[K,C], var[K,C])
+// writes y into out (a new tensor, or a node's slice of its cell's output):
 //   y = sum_k w_k * o_k,   o_k = (x_k - mean_kc) * rstd_kc  if normalize[k]  else x_k
 // A normalized term is the input of a trailing BatchNorm(affine=False) folded into the sum: in training the batch
 // statistics are computed here (and returned, so the caller can update running statistics once), in eval the

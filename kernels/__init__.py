@@ -1,8 +1,6 @@
-"""Triton kernels of stacnas, installed as `stacnas.kernels` (this folder is mapped there by setup.py).
+"""Triton kernels of stacnas and their launchers, installed as `stacnas.kernels` (setup.py maps this folder there).
 
-Kernels live here apart from the Python wrappers that choose and launch them (`stacnas.fused`). On a machine
-without a GPU they run under the Triton interpreter when TRITON_INTERPRET=1 is set before triton is imported.
+They import nothing of stacnas: `stacnas.fused.triton_backend` registers the launchers as custom ops and
+`stacnas.fused` gives them autograd. On a machine without a GPU they run under the Triton interpreter when
+TRITON_INTERPRET=1 is set before triton is imported.
 """
-
-# Names of the kernels this folder provides; `stacnas info` reads it.
-TRITON_KERNELS: tuple[str, ...] = ("mixed_sum",)

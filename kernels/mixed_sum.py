@@ -1,20 +1,20 @@
-"""Triton kernels of the fused mixed sum (the math of `stacnas.fused`, whose C++/CUDA twins are in csrc/).
+"""Triton kernels of the fused mixed sum and their launchers (the C++/CUDA twins are in csrc/).
 
     y = sum_k w_k * o_k,   o_k = (x_k - mean_k) * rstd_k  (normalized terms)  or  x_k
 
 Three kernels: per-channel sums (batch statistics, and S = sum g, T_k = sum g x_k for backward) on a
 (channels, slices) grid finished by torch.sum (deterministic, no atomics); the forward sum over up to four inputs
 per launch, accumulating into y; and dx_k = A g + P x_k + Q per input. The accumulator dtype is a constexpr
-(float64 for float64 inputs, so gradcheck holds). Registered with torch.library.custom_op (which, unlike
-triton_op, passes opcheck under TRITON_INTERPRET=1).
+(float64 for float64 inputs, so gradcheck holds).
+
+The launchers `mixed_sum_into` and `mixed_sum_backward` take plain tensors; stacnas.fused.triton_backend registers
+them as custom ops, and stacnas.fused gives them autograd. This module imports nothing of stacnas.
 """
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
-
-from stacnas.fused import mixed_sum_autograd
 
 BLOCK = 256
 SLICES_MAX = 64
@@ -124,31 +124,9 @@ def _sample_stride(out: torch.Tensor, x0: torch.Tensor) -> int:
     return out.stride(0)
 
 
-@torch.library.custom_op("stacnas_triton::mixed_sum", mutates_args=())
-def _mixed_sum(x: list[torch.Tensor], w: torch.Tensor, normalize: list[bool], running_mean: torch.Tensor | None,
-               running_var: torch.Tensor | None, training: bool, eps: float) -> tuple[torch.Tensor, torch.Tensor,
-                                                                                      torch.Tensor]:
+def mixed_sum_into(x, w, normalize, running_mean, running_var, training, eps, y):
+    """Writes the sum into y (shaped like x[0]; each sample's (C, ...) block contiguous); returns (mean, var)."""
     _check(x, w, normalize)
-    y = torch.empty_like(x[0], memory_format=torch.contiguous_format)
-    return (y, *_forward_into(x, w, normalize, running_mean, running_var, training, eps, y))
-
-
-@torch.library.custom_op("stacnas_triton::mixed_sum_into", mutates_args={"out"})
-def _mixed_sum_into(x: list[torch.Tensor], w: torch.Tensor, normalize: list[bool], running_mean: torch.Tensor | None,
-                    running_var: torch.Tensor | None, training: bool, eps: float,
-                    out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    _check(x, w, normalize)
-    return _forward_into(x, w, normalize, running_mean, running_var, training, eps, out)
-
-
-@_mixed_sum_into.register_fake
-def _(x, w, normalize, running_mean, running_var, training, eps, out):
-    C = _layout(x[0])[1]
-    return w.new_empty(len(x), C), w.new_empty(len(x), C)
-
-
-def _forward_into(x, w, normalize, running_mean, running_var, training, eps, y):
-    """Writes the sum into y; returns (mean, var)."""
     y_stride = _sample_stride(y, x[0])
     x = [t.contiguous() for t in x]
     N, C, inner = _layout(x[0])
@@ -179,23 +157,14 @@ def _forward_into(x, w, normalize, running_mean, running_var, training, eps, y):
     return mean.to(w.dtype), var.to(w.dtype)
 
 
-@_mixed_sum.register_fake
-def _(x, w, normalize, running_mean, running_var, training, eps):
-    C = _layout(x[0])[1]
-    return (torch.empty_like(x[0], memory_format=torch.contiguous_format), w.new_empty(len(x), C),
-            w.new_empty(len(x), C))
-
-
 def _rstd(var, normalize, eps):
     rstd = (var.double() + eps).rsqrt()
     rstd[[not n for n in normalize]] = 1.0
     return rstd
 
 
-@torch.library.custom_op("stacnas_triton::mixed_sum_backward", mutates_args=())
-def _mixed_sum_backward(grad: torch.Tensor, x: list[torch.Tensor], w: torch.Tensor, normalize: list[bool],
-                        mean: torch.Tensor, var: torch.Tensor, training: bool,
-                        eps: float) -> tuple[list[torch.Tensor], torch.Tensor]:
+def mixed_sum_backward(grad, x, w, normalize, mean, var, training, eps):
+    """(grad_x, grad_w) of mixed_sum given the statistics its forward returned."""
     x = [t.contiguous() for t in x]
     grad = grad.contiguous()
     N, C, inner = _layout(grad)
@@ -221,24 +190,3 @@ def _mixed_sum_backward(grad: torch.Tensor, x: list[torch.Tensor], w: torch.Tens
                                                           ACC=_acc(grad.dtype))
         grad_x.append(dx)
     return grad_x, (rstd * centered).sum(1).to(w.dtype)
-
-
-@_mixed_sum_backward.register_fake
-def _(grad, x, w, normalize, mean, var, training, eps):
-    return [torch.empty_like(grad) for _ in x], torch.empty_like(w)
-
-
-_setup_context, _backward = mixed_sum_autograd(_mixed_sum_backward)
-_mixed_sum.register_autograd(_backward, setup_context=_setup_context)
-
-
-def triton_mixed_sum(x, w, normalize, running_mean=None, running_var=None, training=True, eps=1e-5):
-    return _mixed_sum(list(x), w, list(normalize), running_mean, running_var, training, eps)
-
-
-def triton_mixed_sum_into(x, w, normalize, running_mean, running_var, training, eps, out):
-    return _mixed_sum_into(list(x), w, list(normalize), running_mean, running_var, training, eps, out)
-
-
-def triton_mixed_sum_backward(grad, x, w, normalize, mean, var, training, eps):
-    return _mixed_sum_backward(grad, list(x), w, list(normalize), mean, var, training, eps)

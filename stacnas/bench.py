@@ -14,17 +14,22 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, replace
 
 import torch
 import torch.nn.functional as F
 
+from . import fused
+from .names import KERNEL_CHOICES, MEMORY_MODES
+from .nn import Supernet
+from .runtime.config import option
+from .runtime.distributed import device_for
 from .spaces import load_space
-from .supernet import MODES, Supernet
 
 
-def saved_bytes(step) -> int:
-    """Bytes that autograd keeps for backward while `step()` builds its graph (each storage counted once)."""
+def saved_bytes(step) -> tuple[int, object]:
+    """(bytes that autograd keeps for backward while `step()` builds its graph, each storage counted once; what
+    step() returned)."""
     storages = {}
 
     def pack(t):
@@ -64,20 +69,26 @@ class _PeakRSS:
 
 @dataclass
 class BenchConfig:
-    space: str = "darts"
-    channels: int = 16
-    layers: int = 8
-    image_size: int = 32
-    num_classes: int = 10
-    batch_size: int = 16
-    repeats: int = 7
-    warmup: int = 1
-    modes: tuple = MODES
-    kernels: str | None = None
-    device: str = "auto"
-    budget_gib: float = 16.0
-    seed: int = 0
-    threads: int = field(default_factory=torch.get_num_threads)
+    space: str = option("darts", "search space", "supernet")
+    channels: int = option(16, "initial channels C", "supernet")
+    layers: int = option(8, "cells", "supernet")
+    image_size: int = option(32, "input height and width", "supernet")
+    num_classes: int = option(10, "classes", "supernet")
+    batch_size: int = option(16, "batch of the timed steps", "measurement")
+    repeats: int = option(7, "timed steps per mode after the warm-up", "measurement")
+    warmup: int = option(1, "untimed steps per mode first", "measurement")
+    modes: tuple = option(MEMORY_MODES, "memory modes to compare", "measurement", nargs="+",
+                          choices=list(MEMORY_MODES))
+    kernels: str = option("auto", "backend of the fused ops", "measurement", choices=list(KERNEL_CHOICES))
+    budget_gib: float = option(16.0, "on CUDA, report the largest batch whose peak memory fits this budget",
+                               "measurement")
+    seed: int = option(0, "seed of the weights, α and the batch", "measurement")
+    device: str = option("auto", "cpu, cuda or auto", "run")
+    threads: int = option(0, "CPU threads (0: torch's default)", "run")
+
+    def validate(self):
+        if self.batch_size < 2 or self.repeats < 1 or self.warmup < 0 or self.threads < 0:
+            raise ValueError("batch-size must be at least 2, repeats at least 1, warmup and threads at least 0")
 
 
 def _model(cfg: BenchConfig, mode: str, device) -> Supernet:
@@ -121,8 +132,7 @@ def peak_rss(cfg: BenchConfig, mode: str) -> int:
 
 
 def _rss_child(cfg: BenchConfig) -> int:
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    device = device_for(cfg.device)
     torch.set_num_threads(cfg.threads)
     model = _model(cfg, cfg.modes[0], device)
     x, y = _batch(cfg, cfg.batch_size, device)
@@ -134,12 +144,9 @@ def _rss_child(cfg: BenchConfig) -> int:
 
 
 def run(cfg: BenchConfig) -> dict:
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
+    device = device_for(cfg.device)
     torch.set_num_threads(cfg.threads)
-    from .fused import resolve_backend
-
-    resolve_backend(cfg.kernels, device)  # fail now on a backend that cannot run here
+    fused.resolve_backend(cfg.kernels, device)  # fail now on a backend that cannot run here
     models = {mode: _model(cfg, mode, device) for mode in cfg.modes}
     x, y = _batch(cfg, cfg.batch_size, device)
     results = {}
@@ -210,7 +217,7 @@ def render(report: dict) -> str:
 
 
 def main(cfg: BenchConfig, out: str | None) -> dict:
-    report = run(cfg)
+    report = run(replace(cfg, threads=cfg.threads or torch.get_num_threads()))
     print(render(report))
     if out:
         os.makedirs(os.path.dirname(out) or ".", exist_ok=True)

@@ -34,7 +34,7 @@ def _cmd_genotype(args) -> int:
 
 def _config(args, cls, command: str):
     """The command's configuration: preset ← --config YAML ← the flags given."""
-    from .config import resolve
+    from .runtime.config import resolve
 
     if getattr(args, "resume", False) and args.force:
         raise UsageError("--resume continues the run in --out; --force would start over: give one of them")
@@ -88,7 +88,8 @@ def _cmd_run(args) -> int:
     """Search, then train the found cell: <out>/search and <out>/train."""
     from pathlib import Path
 
-    from .config import prepare_out_dir, resolve
+    from .runtime.config import resolve
+    from .runtime.run_dir import prepare_out_dir
     from .search import SearchConfig, run_search
     from .train import TrainConfig, run_train
 
@@ -105,19 +106,15 @@ def _cmd_run(args) -> int:
 
 def _cmd_bench(args) -> int:
     from .bench import BenchConfig, main as bench_main
+    from .runtime.config import resolve
 
-    if args.batch_size < 2 or args.repeats < 1:
-        raise UsageError("--batch-size must be at least 2 and --repeats at least 1")
-    cfg = BenchConfig(space=args.space, channels=args.channels, layers=args.layers, image_size=args.image_size,
-                      batch_size=args.batch_size, repeats=args.repeats, modes=tuple(args.modes),
-                      kernels=None if args.kernels == "auto" else args.kernels, device=args.device,
-                      budget_gib=args.budget_gib, threads=args.threads or __import__("torch").get_num_threads())
-    bench_main(cfg, args.out)
+    overrides = {name: getattr(args, name) for name in args.config_fields}
+    bench_main(resolve(BenchConfig, "bench", None, None, overrides), args.out)
     return 0
 
 
 def _run_options(p, default_out: str) -> None:
-    from .config import presets
+    from .runtime.config import presets
 
     p.add_argument("--preset", choices=presets("search"), default=None,
                    help="hyper-parameter preset: paper (StacNAS' CIFAR settings), darts (the DARTS baseline) or "
@@ -145,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of DARTS text")
     p.set_defaults(func=_cmd_genotype)
 
-    from .config import add_arguments, presets
+    from .runtime.config import add_arguments, presets
     from .search import SearchConfig
 
     p = sub.add_parser("search", help="search a cell: StacNAS' two stages, or the DARTS / random baselines",
@@ -218,26 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="write into --out even if it already holds files")
     p.set_defaults(func=_cmd_run)
 
+    from .bench import BenchConfig
+
     p = sub.add_parser("bench", help="benchmark the supernet's memory modes side by side",
                        description="Run the same supernet in each memory mode in one process and report bytes saved "
                                    "for backward per sample, median step time, peak memory, and ratios to reference.")
     p.add_argument("what", choices=["supernet"], help="what to benchmark")
-    p.add_argument("--space", default="darts", help="search space (default: darts)")
-    p.add_argument("--channels", type=int, default=16, help="initial channels C (default: 16)")
-    p.add_argument("--layers", type=int, default=8, help="cells (default: 8)")
-    p.add_argument("--image-size", type=int, default=32, help="input height and width (default: 32)")
-    p.add_argument("--batch-size", type=int, default=16, help="batch of the timed steps (default: 16)")
-    p.add_argument("--repeats", type=int, default=7, help="timed steps per mode after one warm-up (default: 7)")
-    p.add_argument("--modes", nargs="+", default=["reference", "lean", "recompute"],
-                   choices=["reference", "lean", "recompute"], help="memory modes to compare (default: all)")
-    p.add_argument("--kernels", default="auto", choices=["auto", "reference", "cpp", "cuda", "triton"],
-                   help="kernel backend of the fused sum (default: auto)")
-    p.add_argument("--device", default="auto", help="cpu, cuda or auto (default: auto)")
-    p.add_argument("--budget-gib", type=float, default=16.0,
-                   help="on CUDA, report the largest batch whose peak memory fits this budget (default: 16)")
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (default: torch's default)")
     p.add_argument("--out", default=None, help="write the JSON report to this file")
-    p.set_defaults(func=_cmd_bench)
+    p.set_defaults(func=_cmd_bench, config_fields=add_arguments(p, BenchConfig))
     return parser
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from .names import CELL_TYPES
 from .ops import OPS
 
 Genotype = namedtuple("Genotype", "normal normal_concat reduce reduce_concat")
@@ -19,7 +20,7 @@ _FIELDS = Genotype._fields
 
 def validate(genotype: Genotype) -> Genotype:
     """Check ops are known, two inputs per node, and every input is an earlier state."""
-    for cell_type in ("normal", "reduce"):
+    for cell_type in CELL_TYPES:
         pairs = getattr(genotype, cell_type)
         if not pairs or len(pairs) % 2:
             raise ValueError(f"genotype: '{cell_type}' needs two (op, input) pairs per node, got {len(pairs)}")

@@ -12,9 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from .names import CELL_TYPES
 from .ops import OPS, PRIMITIVES
-
-CELL_TYPES = ("normal", "reduce")
 
 
 def num_edges(nodes: int) -> int:

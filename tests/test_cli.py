@@ -69,8 +69,8 @@ def test_info_json():
     result = run("info", "--json")
     assert result.returncode == 0
     data = json.loads(result.stdout)
-    assert set(data["backends"]) == {"reference", "cpp", "cuda", "triton"}
-    assert data["backends"]["reference"]["available"] is True
+    assert set(data["backends"]) == {"torch", "cpp", "cuda", "triton"}
+    assert data["backends"]["torch"]["available"] is True
     assert all(b["reason"] for b in data["backends"].values())
 
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 import stacnas.nn
 from stacnas.ops import PRIMITIVES
 from stacnas.spaces import BUILTIN_SPACES
-from stacnas.supernet import Supernet
+from stacnas.nn import Supernet
 
 
 # ---- a DARTS-style search network, written as DARTS writes it -------------------------------------------------

@@ -1,20 +1,39 @@
-"""The compiled fused ops against the PyTorch reference: random data, odd shapes, non-contiguous inputs, fp64
-gradcheck, opcheck. On CPU here (C++); the same tests run the CUDA kernels when a GPU is visible."""
+"""Every backend of every fused op against the PyTorch reference: random data, odd shapes, non-contiguous inputs,
+fp64 gradcheck, opcheck. The backends come from the registry (torchvision's cpu_and_cuda(), over backends): here the
+C++ kernels and Triton in its interpreter on the CPU; the CUDA kernels and compiled Triton where a GPU is visible."""
+import os
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from stacnas import fused
+from stacnas.fused import compiled_backend, registry
 
-pytestmark = pytest.mark.skipif(fused.extension_error() is not None, reason="stacnas._C is not built")
-
-DEVICES = ["cpu"] + (["cuda"] if fused.cuda_kernels_built() and torch.cuda.is_available() else [])
-SHAPES = [(5, 3), (3, 5, 7), (2, 17, 9, 11), (3, 7, 61, 67)]  # the last spans many elements per channel
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 FLAGS = {"plain": [False, False, False], "mixed": [True, False, True], "all": [True, True, True]}
+# Odd shapes; the last spans many elements per channel. The Triton interpreter runs numpy per program: small ones.
+SHAPES = [(5, 3), (3, 5, 7), (2, 17, 9, 11), (3, 7, 61, 67)]
+INTERPRETED_SHAPES = SHAPES[:3]
 
 
-def _backend(device):
-    return "cuda" if device == "cuda" else "cpp"
+def backends(op: str, with_torch: bool = True):
+    """(backend, device) for every backend implementing `op` that runs here. with_torch=False leaves out the torch
+    backend where it is the very computation the test compares against."""
+    return [pytest.param(b, d, id=f"{b}-{d}") for d in DEVICES for b in fused.op_backends(op, d)
+            if with_torch or b != "torch"]
+
+
+def cases(op: str, shapes, with_torch: bool = True):
+    """backends(op) × shapes, small shapes only for an interpreted backend."""
+    return [pytest.param(*p.values, shape, id=f"{p.id}-{'x'.join(map(str, shape))}") for p in backends(op, with_torch)
+            for shape in shapes if shape in INTERPRETED_SHAPES or not registry.interpreted(p.values[0],
+                                                                                           torch.device(p.values[1]))]
+
+
+def custom_op(backend: str, name: str):
+    """The registered custom op of a kernel backend (what opcheck checks)."""
+    return getattr(torch.ops.stacnas_triton if backend == "triton" else torch.ops.stacnas, name).default
 
 
 def _inputs(shape, K, dtype, device, seed=0, contiguous=True):
@@ -32,16 +51,15 @@ def _inputs(shape, K, dtype, device, seed=0, contiguous=True):
     return [to(x).requires_grad_() for x in xs], to(w).requires_grad_(), tuple(to(r) for r in running)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("backend, device, shape", cases("mixed_sum_into", SHAPES))
 @pytest.mark.parametrize("flags", sorted(FLAGS))
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("contiguous", [True, False])
-def test_matches_reference_fp32(device, shape, flags, training, contiguous):
+def test_matches_reference_fp32(backend, device, shape, flags, training, contiguous):
     normalize = FLAGS[flags]
     xs, w, (rm, rv) = _inputs(shape, len(normalize), torch.float32, device, contiguous=contiguous)
     args = (normalize, rm, rv, training, 1e-5)
-    y, mean, var = fused.mixed_sum(xs, w, *args, backend=_backend(device))
+    y, mean, var = fused.mixed_sum(xs, w, *args, backend=backend)
     y_ref, mean_ref, var_ref = fused.reference_mixed_sum(xs, w, *args)
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(mean, mean_ref, rtol=1e-5, atol=1e-6)
@@ -58,179 +76,77 @@ def test_matches_reference_fp32(device, shape, flags, training, contiguous):
         assert err <= max(2 * ref_err, 1e-5 * e.abs().max().item()), f"{name}: {err} vs {ref_err}"
 
 
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("seed", [0, 1])
+# two seeds, one in the interpreter (a gradcheck there takes seconds)
+GRADCHECK = [pytest.param(*p.values, seed, id=f"{p.id}-{seed}") for p in backends("mixed_sum_into")
+             for seed in ((0,) if registry.interpreted(p.values[0], torch.device(p.values[1])) else (0, 1))]
+
+
+@pytest.mark.parametrize("backend, device, seed", GRADCHECK)
 @pytest.mark.parametrize("flags", sorted(FLAGS))
 @pytest.mark.parametrize("training", [True, False])
-def test_gradcheck_fp64(device, seed, flags, training):
+def test_gradcheck_fp64(backend, device, seed, flags, training):
     normalize = FLAGS[flags]
     xs, w, (rm, rv) = _inputs((2, 3, 5), len(normalize), torch.float64, device, seed=seed)
 
     def fn(w, *x):
-        return fused.mixed_sum(list(x), w, normalize, rm, rv, training, 1e-5, backend=_backend(device))[0]
+        return fused.mixed_sum(list(x), w, normalize, rm, rv, training, 1e-5, backend=backend)[0]
 
     assert torch.autograd.gradcheck(fn, (w, *xs))
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend, device", backends("mixed_sum_into", with_torch=False))
 @pytest.mark.parametrize("shape, flags, training", [((3, 5, 7), "mixed", True), ((2, 4, 3, 3), "all", False),
                                                     ((4, 6), "plain", True)])
-def test_opcheck(device, shape, flags, training):
+def test_opcheck(backend, device, shape, flags, training):
     normalize = FLAGS[flags]
     xs, w, (rm, rv) = _inputs(shape, len(normalize), torch.float32, device)
-    torch.library.opcheck(torch.ops.stacnas.mixed_sum.default, (xs, w, normalize, rm, rv, training, 1e-5))
+    xs, w = [x.detach() for x in xs], w.detach()
+    out = torch.empty(shape[0], 3 * shape[1], *shape[2:], device=device)[:, shape[1]:2 * shape[1]]
+    torch.library.opcheck(custom_op(backend, "mixed_sum_into"), (xs, w, normalize, rm, rv, training, 1e-5, out))
+    _, mean, var = fused.mixed_sum(xs, w, normalize, rm, rv, training, backend=backend)
+    torch.library.opcheck(custom_op(backend, "mixed_sum_backward"),
+                          (torch.randn(shape, device=device), xs, w, normalize, mean, var, training, 1e-5))
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("backend, device", backends("mixed_sum_into", with_torch=False))
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_low_precision_no_worse_than_torch(device, dtype):
+def test_low_precision_no_worse_than_torch(backend, device, dtype):
     normalize = FLAGS["mixed"]
-    xs, w, (rm, rv) = _inputs((4, 33, 17, 5), 3, torch.float32, device)
+    shape = (2, 9, 7, 5) if registry.interpreted(backend, torch.device(device)) else (4, 33, 17, 5)
+    xs, w, (rm, rv) = _inputs(shape, 3, torch.float32, device)
     exact = fused.reference_mixed_sum([x.detach() for x in xs], w.detach(), normalize, rm, rv)[0]
     low = [x.detach().to(dtype) for x in xs]
-    ours = fused.mixed_sum(low, w.detach().to(dtype), normalize, backend=_backend(device))[0].float()
+    ours = fused.mixed_sum(low, w.detach().to(dtype), normalize, backend=backend)[0].float()
     theirs = fused.reference_mixed_sum(low, w.detach().to(dtype), normalize)[0].float()
     assert (ours - exact).abs().max() <= 2 * (theirs - exact).abs().max()
 
 
-def test_eval_mode_uses_running_statistics():
-    xs, w, (rm, rv) = _inputs((3, 4, 5), 3, torch.float64, "cpu")
-    y, mean, var = fused.mixed_sum(xs, w, [True, False, True], rm, rv, False, 1e-5, backend="cpp")
+@pytest.mark.parametrize("backend, device", backends("mixed_sum_into"))
+def test_eval_mode_uses_running_statistics(backend, device):
+    xs, w, (rm, rv) = _inputs((3, 4, 5), 3, torch.float64, device)
+    y, mean, var = fused.mixed_sum(xs, w, [True, False, True], rm, rv, False, 1e-5, backend=backend)
     expected = sum(wk * ((x - m.view(1, -1, 1)) / (v.view(1, -1, 1) + 1e-5).sqrt() if n else x)
                    for wk, x, m, v, n in zip(w, xs, rm, rv, [True, False, True]))
     torch.testing.assert_close(y, expected)
-    assert torch.equal(mean[1], torch.zeros(4, dtype=torch.float64)) and torch.equal(mean[0], rm[0])
+    assert torch.equal(mean[1], torch.zeros(4, dtype=torch.float64, device=device))
+    assert torch.equal(mean[0], rm[0])
 
 
-def test_training_statistics_are_the_batch_statistics():
-    xs, w, _ = _inputs((6, 4, 5, 3), 2, torch.float64, "cpu")
-    _, mean, var = fused.mixed_sum(xs, w, [True, True], backend="cpp")
+@pytest.mark.parametrize("backend, device", backends("mixed_sum_into"))
+def test_training_statistics_are_the_batch_statistics(backend, device):
+    xs, w, _ = _inputs((6, 4, 5, 3), 2, torch.float64, device)
+    _, mean, var = fused.mixed_sum(xs, w, [True, True], backend=backend)
     for k, x in enumerate(xs):
         torch.testing.assert_close(mean[k], x.mean((0, 2, 3)))
         torch.testing.assert_close(var[k], x.var((0, 2, 3), unbiased=False))
 
 
-def test_bad_arguments_are_named():
-    xs, w, (rm, rv) = _inputs((3, 4), 2, torch.float32, "cpu")
-    with torch.no_grad():
-        with pytest.raises(RuntimeError, match="one entry per input"):
-            torch.ops.stacnas.mixed_sum(xs, w[:1], [False, False], None, None, True, 1e-5)
-        with pytest.raises(RuntimeError, match="one flag per input"):
-            torch.ops.stacnas.mixed_sum(xs, w, [False], None, None, True, 1e-5)
-        with pytest.raises(RuntimeError, match="same shape"):
-            torch.ops.stacnas.mixed_sum([xs[0], xs[1][:2]], w, [False, False], None, None, True, 1e-5)
-        with pytest.raises(RuntimeError, match="needs running_mean and running_var"):
-            torch.ops.stacnas.mixed_sum(xs, w, [True, False], None, None, False, 1e-5)
-        with pytest.raises(RuntimeError, match=r"shape \(inputs, channels\) = \(2, 4\)"):
-            torch.ops.stacnas.mixed_sum(xs, w, [True, False], rm[:, :3], rv[:, :3], False, 1e-5)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("stride", [1, 2])
-@pytest.mark.parametrize("size", [(7, 9), (8, 8)])
-@pytest.mark.parametrize("ties", [False, True])
-def test_max_pool_backward_from_output(device, stride, size, ties):
-    torch.manual_seed(stride)
-    x = torch.randn(2, 3, *size, dtype=torch.float64, device=device)
-    if ties:  # plateaus and NaNs: the argmax must be the one PyTorch's kernel picks
-        x = x.round()
-        x[0, 0, 2, 3] = float("nan")
-        x[1, 2, :, 0] = float("-inf")
-    out, indices = F.max_pool2d(x, 3, stride, 1, return_indices=True)
-    grad = torch.randn_like(out)
-    expected = torch.ops.aten.max_pool2d_with_indices_backward(grad, x, [3, 3], [stride] * 2, [1, 1], [1, 1], False,
-                                                               indices)
-    ours = torch.ops.stacnas.max_pool2d_backward_from_output(grad, x, out, [3, 3], [stride] * 2, [1, 1])
-    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-12)
-
-
-def test_backend_choice(monkeypatch):
-    monkeypatch.setenv("STACNAS_KERNELS", "reference")
-    assert fused.resolve_backend(None, torch.device("cpu")) == "reference"
-    monkeypatch.setenv("STACNAS_KERNELS", "auto")
-    assert fused.resolve_backend(None, torch.device("cpu")) == "cpp"
-    monkeypatch.setenv("STACNAS_KERNELS", "fastest")
-    with pytest.raises(ValueError, match="STACNAS_KERNELS='fastest'"):
-        fused.default_backend()
-    message = "cannot run on cpu tensors" if fused.cuda_kernels_built() else "built without CUDA kernels"
-    with pytest.raises(RuntimeError, match=message):
-        fused.resolve_backend("cuda", torch.device("cpu"))
-
-
-def test_works_under_torch_compile():
-    xs, w, (rm, rv) = _inputs((3, 5, 2), 3, torch.float32, "cpu")
-    xs, w = [x.detach() for x in xs], w.detach()
-    normalize = FLAGS["mixed"]
-    compiled = torch.compile(lambda x, w: fused.mixed_sum(x, w, normalize, backend="cpp")[0] * 2, fullgraph=True)
-    torch.testing.assert_close(compiled(xs, w), 2 * fused.reference_mixed_sum(xs, w, normalize)[0])
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("shape", [(4, 3, 5, 7), (2, 17, 9, 11)])
-def test_batch_norm_stats(device, shape):
-    x = torch.randn(shape, dtype=torch.float64, device=device) * 3 + 2
-    mean, var = torch.ops.stacnas.batch_norm_stats(x)
-    torch.testing.assert_close(mean, x.mean((0, 2, 3)))
-    torch.testing.assert_close(var, x.var((0, 2, 3), unbiased=False))
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("training", [True, False])
-@pytest.mark.parametrize("shape", [(4, 3, 5, 7), (2, 17, 9, 11)])
-def test_batch_norm_relu_backward(device, training, shape):
-    """The gradient of ReLU(BatchNorm(x)) w.r.t. x, through the batch statistics when training."""
-    x = (torch.randn(shape, dtype=torch.float64, device=device) + 0.3).requires_grad_()
-    grad = torch.randn(shape, dtype=torch.float64, device=device)
-    running_mean, running_var = torch.randn(shape[1], dtype=torch.float64, device=device), \
-        torch.rand(shape[1], dtype=torch.float64, device=device) + 0.5
-    out = torch.relu(F.batch_norm(x, running_mean.clone(), running_var.clone(), training=training, eps=1e-5))
-    expected = torch.autograd.grad(out, x, grad)[0]
-    mean, var = torch.ops.stacnas.batch_norm_stats(x.detach()) if training else (running_mean, running_var)
-    ours = torch.ops.stacnas.batch_norm_relu_backward(grad, x.detach(), mean, var, training, 1e-5)
-    torch.testing.assert_close(ours, expected)
-
-
-# (kernel, stride, padding, dilation): DARTS' sep/dil convs, a reduction stride, odd padding and a non-square filter
-DEPTHWISE = [((3, 3), 1, (1, 1), 1), ((5, 5), 1, (2, 2), 1), ((3, 3), 1, (2, 2), 2), ((5, 5), 2, (4, 4), 2),
-             ((3, 3), 2, (1, 1), 1), ((3, 5), 2, (0, 3), 1), ((5, 3), 3, (1, 0), 2)]
-
-
-@pytest.mark.parametrize("kernel,stride,padding,dilation", DEPTHWISE)
-@pytest.mark.parametrize("size", [(7, 9), (8, 8)])
-@pytest.mark.parametrize("contiguous", [True, False])
-def test_depthwise_weight_grad(kernel, stride, padding, dilation, size, contiguous):
-    """The filter gradient of a depthwise conv against PyTorch's, in float64 on random data."""
-    g = torch.Generator().manual_seed(sum(kernel) + stride)
-    x = torch.randn(3, 5, *size, generator=g, dtype=torch.float64)
-    if not contiguous:
-        x = x.transpose(2, 3).contiguous().transpose(2, 3)
-    weight = torch.randn(5, 1, *kernel, generator=g, dtype=torch.float64)
-    out = F.conv2d(x, weight, None, stride, padding, dilation, 5)
-    grad = torch.randn(out.shape, generator=g, dtype=torch.float64)
-    expected = torch.ops.aten.convolution_backward(grad, x, weight, None, [stride] * 2, list(padding), [dilation] * 2,
-                                                   False, [0, 0], 5, [False, True, False])[1]
-    ours = torch.ops.stacnas.depthwise_conv2d_weight_grad(grad, x, list(kernel), [stride] * 2, list(padding),
-                                                          [dilation] * 2)
-    torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-12)
-    ours32 = torch.ops.stacnas.depthwise_conv2d_weight_grad(grad.float(), x.float(), list(kernel), [stride] * 2,
-                                                            list(padding), [dilation] * 2)
-    torch.testing.assert_close(ours32, expected.float(), rtol=1e-5, atol=1e-5)
-
-
-def test_depthwise_weight_grad_opcheck():
-    x, grad = torch.randn(2, 3, 9, 7), torch.randn(2, 3, 5, 4)
-    torch.library.opcheck(torch.ops.stacnas.depthwise_conv2d_weight_grad.default,
-                          (grad, x, [3, 3], [2, 2], [2, 2], [2, 2]))
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("backend", ["compiled", "reference"])
+@pytest.mark.parametrize("backend, device", backends("mixed_sum_into"))
 @pytest.mark.parametrize("shape", [(3, 5, 7, 9), (2, 4, 6)])
 @pytest.mark.parametrize("training", [True, False])
-def test_mixed_sum_into_writes_only_its_slice(device, backend, shape, training):
+def test_mixed_sum_into_writes_only_its_slice(backend, device, shape, training):
     """y lands in a channel slice of a larger buffer (a node's part of its cell's output); the rest stays as it was,
     and mixed_sum_backward gives the gradients autograd gives for the reference."""
-    backend = _backend(device) if backend == "compiled" else backend
     normalize = FLAGS["mixed"]
     xs, w, (rm, rv) = _inputs(shape, len(normalize), torch.float32, device)
     C = shape[1]
@@ -250,20 +166,163 @@ def test_mixed_sum_into_writes_only_its_slice(device, backend, shape, training):
         torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-6)
 
 
-def test_mixed_sum_into_refuses_bad_out():
-    xs, w, (rm, rv) = _inputs((2, 3, 4, 5), 2, torch.float32, "cpu")
-    xs = [x.detach() for x in xs]
+@pytest.mark.parametrize("backend, device", backends("mixed_sum_into"))
+def test_mixed_sum_into_a_slot_is_differentiable(backend, device):
+    """mixed_sum(..., out=slot): y is the slot (a node's slice of its cell's output), and gradients reach the inputs
+    and weights through it."""
+    from stacnas.nn.cell_output import CellOutput
+
+    normalize = FLAGS["mixed"]
+    xs, w, _ = _inputs((2, 3, 4, 5), 3, torch.float64, device)
+    cell = CellOutput(3)
+    cell.slot(xs[0])
+    out = cell.slot(xs[0])
+    y, _, _ = fused.mixed_sum(xs, w, normalize, backend=backend, out=out)
+    assert y is out and y.data_ptr() == cell.buffer[:, 3:6].data_ptr()
+    grad = torch.randn_like(y)
+    y_ref = fused.reference_mixed_sum(xs, w, normalize)[0]
+    for ours, theirs in zip(torch.autograd.grad(y, [*xs, w], grad), torch.autograd.grad(y_ref, [*xs, w], grad)):
+        torch.testing.assert_close(ours, theirs)
+
+
+@pytest.mark.skipif(fused.unavailable("cpp", torch.device("cpu")) is not None, reason="stacnas._C is not built")
+def test_compiled_ops_name_bad_arguments():
+    xs, w, (rm, rv) = _inputs((3, 4), 2, torch.float32, "cpu")
+    xs, w = [x.detach() for x in xs], w.detach()
+    out = torch.empty(3, 4)
+    op = torch.ops.stacnas.mixed_sum_into
+    with pytest.raises(RuntimeError, match="one entry per input"):
+        op(xs, w[:1], [False, False], None, None, True, 1e-5, out)
+    with pytest.raises(RuntimeError, match="one flag per input"):
+        op(xs, w, [False], None, None, True, 1e-5, out)
+    with pytest.raises(RuntimeError, match="same shape"):
+        op([xs[0], xs[1][:2]], w, [False, False], None, None, True, 1e-5, out)
+    with pytest.raises(RuntimeError, match="needs running_mean and running_var"):
+        op(xs, w, [True, False], None, None, False, 1e-5, out)
+    with pytest.raises(RuntimeError, match=r"shape \(inputs, channels\) = \(2, 4\)"):
+        op(xs, w, [True, False], rm[:, :3], rv[:, :3], False, 1e-5, out)
     with pytest.raises(RuntimeError, match="shape, dtype and device"):
-        torch.ops.stacnas.mixed_sum_into(xs, w.detach(), [False, True], None, None, True, 1e-5,
-                                         torch.empty(2, 3, 4, 6))
+        op(xs, w, [False, True], None, None, True, 1e-5, torch.empty(3, 5))
+    xs = [torch.randn(2, 3, 4, 5) for _ in range(2)]
     scattered = torch.empty(2, 3, 5, 4).transpose(2, 3)  # a sample's block is not contiguous
     with pytest.raises(RuntimeError, match="contiguously"):
-        torch.ops.stacnas.mixed_sum_into(xs, w.detach(), [False, True], None, None, True, 1e-5, scattered)
+        op(xs, w, [False, True], None, None, True, 1e-5, scattered)
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_mixed_sum_into_opcheck(device):
-    xs, w, (rm, rv) = _inputs((3, 4, 5, 2), 3, torch.float32, device)
-    out = torch.empty(3, 12, 5, 2, device=device)[:, 4:8]
-    torch.library.opcheck(torch.ops.stacnas.mixed_sum_into.default,
-                          ([x.detach() for x in xs], w.detach(), FLAGS["mixed"], rm, rv, True, 1e-5, out))
+@pytest.mark.parametrize("backend, device", backends("max_pool2d_backward_from_output", with_torch=False))
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("size", [(7, 9), (8, 8)])
+@pytest.mark.parametrize("ties", [False, True])
+def test_max_pool_backward_from_output(backend, device, stride, size, ties):
+    torch.manual_seed(stride)
+    x = torch.randn(2, 3, *size, dtype=torch.float64, device=device)
+    if ties:  # plateaus and NaNs: the argmax must be the one PyTorch's kernel picks
+        x = x.round()
+        x[0, 0, 2, 3] = float("nan")
+        x[1, 2, :, 0] = float("-inf")
+    out, indices = F.max_pool2d(x, 3, stride, 1, return_indices=True)
+    grad = torch.randn_like(out)
+    expected = torch.ops.aten.max_pool2d_with_indices_backward(grad, x, [3, 3], [stride] * 2, [1, 1], [1, 1], False,
+                                                               indices)
+    ours = fused.max_pool2d_backward_from_output(grad, x, out, [3, 3], [stride] * 2, [1, 1], backend=backend)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-12)
+
+
+def test_backend_choice(monkeypatch):
+    monkeypatch.setenv("STACNAS_KERNELS", "torch")
+    assert fused.resolve_backend(None, torch.device("cpu")) == "torch"
+    assert fused.resolve_backend("auto", torch.device("cpu")) == "torch"  # auto defers to STACNAS_KERNELS
+    monkeypatch.setenv("STACNAS_KERNELS", "auto")
+    expected = "cpp" if fused.unavailable("cpp", torch.device("cpu")) is None else "torch"
+    assert fused.resolve_backend(None, torch.device("cpu")) == expected
+    monkeypatch.setenv("STACNAS_KERNELS", "fastest")
+    with pytest.raises(ValueError, match="STACNAS_KERNELS='fastest'"):
+        fused.default_backend()
+    if compiled_backend.LOAD_ERROR is None:
+        message = "cannot run on cpu tensors" if compiled_backend.cuda_built() else "built without CUDA kernels"
+        with pytest.raises(RuntimeError, match=message):
+            fused.resolve_backend("cuda", torch.device("cpu"))
+    with pytest.raises(ValueError, match="unknown kernel backend 'reference'"):
+        fused.resolve_backend("reference", torch.device("cpu"))
+
+
+def test_a_backend_without_an_op_leaves_it_to_one_that_has_it():
+    cpu = torch.device("cpu")
+    assert "triton" not in registry.OPS["batch_norm_stats"]
+    expected = "cpp" if registry.unavailable("cpp", cpu) is None else "torch"
+    assert registry.implementation("batch_norm_stats", "triton", cpu).__module__.endswith(
+        {"cpp": "compiled_backend", "torch": "torch_backend"}[expected])
+
+
+def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
+    monkeypatch.setitem(os.environ, "TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        fused.resolve_backend("triton", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("backend, device", backends("mixed_sum_into", with_torch=False))
+def test_works_under_torch_compile(backend, device):
+    xs, w, _ = _inputs((3, 5, 2), 3, torch.float32, device)
+    xs, w = [x.detach() for x in xs], w.detach()
+    normalize = FLAGS["mixed"]
+    compiled = torch.compile(lambda x, w: fused.mixed_sum(x, w, normalize, backend=backend)[0] * 2, fullgraph=True)
+    torch.testing.assert_close(compiled(xs, w), 2 * fused.reference_mixed_sum(xs, w, normalize)[0])
+
+
+@pytest.mark.parametrize("backend, device", backends("batch_norm_stats", with_torch=False))
+@pytest.mark.parametrize("shape", [(4, 3, 5, 7), (2, 17, 9, 11)])
+def test_batch_norm_stats(backend, device, shape):
+    x = torch.randn(shape, dtype=torch.float64, device=device) * 3 + 2
+    mean, var = fused.batch_norm_stats(x, backend)
+    torch.testing.assert_close(mean, x.mean((0, 2, 3)))
+    torch.testing.assert_close(var, x.var((0, 2, 3), unbiased=False))
+
+
+@pytest.mark.parametrize("backend, device", backends("batch_norm_relu_backward", with_torch=False))
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("shape", [(4, 3, 5, 7), (2, 17, 9, 11)])
+def test_batch_norm_relu_backward(backend, device, training, shape):
+    """The gradient of ReLU(BatchNorm(x)) w.r.t. x, through the batch statistics when training."""
+    x = (torch.randn(shape, dtype=torch.float64, device=device) + 0.3).requires_grad_()
+    grad = torch.randn(shape, dtype=torch.float64, device=device)
+    running_mean, running_var = torch.randn(shape[1], dtype=torch.float64, device=device), \
+        torch.rand(shape[1], dtype=torch.float64, device=device) + 0.5
+    out = torch.relu(F.batch_norm(x, running_mean.clone(), running_var.clone(), training=training, eps=1e-5))
+    expected = torch.autograd.grad(out, x, grad)[0]
+    mean, var = fused.batch_norm_stats(x, backend) if training else (running_mean, running_var)
+    ours = fused.batch_norm_relu_backward(grad, x.detach(), mean, var, training, 1e-5, backend)
+    torch.testing.assert_close(ours, expected)
+
+
+# (kernel, stride, padding, dilation): DARTS' sep/dil convs, a reduction stride, odd padding and a non-square filter
+DEPTHWISE = [((3, 3), 1, (1, 1), 1), ((5, 5), 1, (2, 2), 1), ((3, 3), 1, (2, 2), 2), ((5, 5), 2, (4, 4), 2),
+             ((3, 3), 2, (1, 1), 1), ((3, 5), 2, (0, 3), 1), ((5, 3), 3, (1, 0), 2)]
+
+
+@pytest.mark.parametrize("backend, device", backends("depthwise_conv2d_weight_grad", with_torch=False))
+@pytest.mark.parametrize("kernel,stride,padding,dilation", DEPTHWISE)
+@pytest.mark.parametrize("size", [(7, 9), (8, 8)])
+@pytest.mark.parametrize("contiguous", [True, False])
+def test_depthwise_weight_grad(backend, device, kernel, stride, padding, dilation, size, contiguous):
+    """The filter gradient of a depthwise conv against PyTorch's, in float64 on random data."""
+    g = torch.Generator().manual_seed(sum(kernel) + stride)
+    x = torch.randn(3, 5, *size, generator=g, dtype=torch.float64)
+    if not contiguous:
+        x = x.transpose(2, 3).contiguous().transpose(2, 3)
+    weight = torch.randn(5, 1, *kernel, generator=g, dtype=torch.float64)
+    out = F.conv2d(x, weight, None, stride, padding, dilation, 5)
+    grad = torch.randn(out.shape, generator=g, dtype=torch.float64)
+    x, weight, grad = x.to(device), weight.to(device), grad.to(device)
+    expected = torch.ops.aten.convolution_backward(grad, x, weight, None, [stride] * 2, list(padding), [dilation] * 2,
+                                                   False, [0, 0], 5, [False, True, False])[1]
+    args = (list(kernel), [stride] * 2, list(padding), [dilation] * 2)
+    torch.testing.assert_close(fused.depthwise_conv2d_weight_grad(grad, x, *args, backend), expected, rtol=1e-12,
+                               atol=1e-12)
+    ours32 = fused.depthwise_conv2d_weight_grad(grad.float(), x.float(), *args, backend)
+    torch.testing.assert_close(ours32, expected.float(), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("backend, device", backends("depthwise_conv2d_weight_grad", with_torch=False))
+def test_depthwise_weight_grad_opcheck(backend, device):
+    x, grad = torch.randn(2, 3, 9, 7, device=device), torch.randn(2, 3, 5, 4, device=device)
+    torch.library.opcheck(custom_op(backend, "depthwise_conv2d_weight_grad"), (grad, x, [3, 3], [2, 2], [2, 2], [2, 2]))

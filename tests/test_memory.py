@@ -10,7 +10,7 @@ import torch.nn.functional as F
 
 from stacnas.bench import saved_bytes
 from stacnas.spaces import BUILTIN_SPACES
-from stacnas.supernet import Supernet
+from stacnas.nn import Supernet
 
 
 def _saved(space, mode):

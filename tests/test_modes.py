@@ -8,10 +8,9 @@ import torch.nn.functional as F
 
 from stacnas import fused
 from stacnas.spaces import BUILTIN_SPACES, SearchSpace
-from stacnas.supernet import Supernet
+from stacnas.nn import Supernet
 
-BACKENDS = (["reference"] + (["cpp"] if fused.extension_error() is None else [])
-            + (["triton"] if fused.triton_usable(torch.device("cpu")) is None else []))
+BACKENDS = fused.available_backends("cpu")  # the supernets below run on CPU tensors
 
 
 def _step(model, x, y, seed):
@@ -129,7 +128,7 @@ def test_modes_on_cuda(mode, kernels):
 @pytest.mark.parametrize("shape", [(2, 3, 7, 9), (2, 3, 8, 8), (1, 2, 5, 6), (1, 1, 1, 1), (1, 1, 2, 3)])
 @pytest.mark.parametrize("stride", [1, 2])
 def test_lean_pools_equal_pytorch_pools(shape, stride):
-    from stacnas.lean import avg_pool3x3, max_pool3x3
+    from stacnas.nn.routes import avg_pool3x3, max_pool3x3
 
     x = torch.randn(*shape, dtype=torch.float64)
     x.view(-1)[0] = float("nan")  # max-pool propagates NaN
@@ -152,7 +151,7 @@ CONVS = {"depthwise": (4, 4, 3, 1, 1, 1, 4), "depthwise 5x5": (4, 4, 5, 1, 2, 1,
 @pytest.mark.parametrize("conv", sorted(CONVS))
 @pytest.mark.parametrize("size", [(7, 9), (8, 8)])
 def test_lean_conv_routes_equal_pytorch(conv, size):
-    from stacnas.lean import conv_backward, conv_forward
+    from stacnas.nn.routes import conv_backward, conv_forward
 
     c_in, c_out, k, stride, padding, dilation, groups = CONVS[conv]
     g = torch.Generator().manual_seed(k + stride + groups)
@@ -176,8 +175,9 @@ def test_lean_conv_routes_equal_pytorch(conv, size):
 def test_cell_output_has_no_concat_copy():
     """Nodes written into a CellOutput: the cell's output is their storage, equals torch.cat of them, and gradients
     equal those through cat, although node 1 is read by node 2's ops after node 2's slot was written."""
-    from stacnas.lean import CellOutput, lean_node
-    from stacnas.supernet import MixedOp
+    from stacnas.nn import MixedOp
+    from stacnas.nn.cell_output import CellOutput
+    from stacnas.nn.lean import lean_node
 
     torch.manual_seed(0)
     edges = [MixedOp(4, 1, mode="lean") for _ in range(5)]
@@ -201,7 +201,7 @@ def test_cell_output_has_no_concat_copy():
 
 
 def test_cell_output_refuses_unwritten_nodes():
-    from stacnas.lean import CellOutput
+    from stacnas.nn.cell_output import CellOutput
 
     out = CellOutput(2)
     node = out.slot(torch.randn(2, 3, 4, 4))

@@ -2,9 +2,9 @@ import pytest
 import torch
 
 from stacnas.genotypes import DARTS_V1, DARTS_V2, PDARTS
-from stacnas.network import AuxiliaryHead, NetworkCIFAR, NetworkImageNet, drop_path
+from stacnas.nn import count_parameters
+from stacnas.train.network import AuxiliaryHead, NetworkCIFAR, NetworkImageNet, drop_path
 from stacnas.ops import Identity
-from stacnas.supernet import count_parameters
 
 
 def test_darts_v2_cifar_parameter_count():
@@ -48,7 +48,7 @@ def test_drop_path_spares_identity_ops():
     model = NetworkCIFAR(DARTS_V2, C=4, num_classes=3, layers=3, auxiliary=False)
     cell = model.cells[0]
     calls = []
-    import stacnas.network as network
+    import stacnas.train.network as network
 
     original = network.drop_path
     network.drop_path = lambda h, p: calls.append(h.shape) or original(h, p)

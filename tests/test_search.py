@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from stacnas import genotypes
-from stacnas.search import (SearchConfig, chosen_clusters, random_genotype, resolve_clusters, run_search,
-                            stage1_space, stage2_space)
+from stacnas.nn import Supernet
+from stacnas.search import SearchConfig, run_search
+from stacnas.search.stages import chosen_clusters, random_genotype, resolve_clusters, stage1_space, stage2_space
 from stacnas.spaces import BUILTIN_SPACES, PAPER_CLUSTERS, Clusters, SearchSpace
-from stacnas.supernet import Supernet
 
 TINY = dict(epochs=1, limit=64, channels=4, stage1_layers=3, stage2_layers=4, darts_layers=3, batch_size=32,
             w_lr=0.05, a_lr=3e-3)
@@ -145,9 +145,9 @@ def test_resume_gives_the_same_search(tmp_path, monkeypatch):
     cfg = dict(TINY, epochs=2, limit=96, batch_size=16, checkpoint_every=2, device="cpu", seed=5)
     full = run_search(SearchConfig(**cfg), str(tmp_path / "full"))
 
-    from stacnas import search
+    from stacnas.search import training
 
-    real_step = search._step
+    real_step = training._step
 
     def interrupt_at(n):
         calls = {"n": 0}
@@ -157,7 +157,7 @@ def test_resume_gives_the_same_search(tmp_path, monkeypatch):
             if calls["n"] == n:
                 raise _Interrupt
             return real_step(*args)
-        monkeypatch.setattr(search, "_step", step)
+        monkeypatch.setattr(training, "_step", step)
 
     interrupt_at(10)  # stage 1, epoch 2, step 4: the last checkpoint is after step 2
     with pytest.raises(_Interrupt):
@@ -169,7 +169,7 @@ def test_resume_gives_the_same_search(tmp_path, monkeypatch):
         run_search(SearchConfig(**cfg), str(tmp_path / "cut"), resume=True)
     state = torch.load(tmp_path / "cut" / "stage2" / "checkpoint.pt", weights_only=True)
     assert (state["epoch"], state["step"]) == (1, 2)
-    monkeypatch.setattr(search, "_step", real_step)
+    monkeypatch.setattr(training, "_step", real_step)
     resumed = run_search(SearchConfig(**cfg), str(tmp_path / "cut"), resume=True)
     assert resumed.genotype == full.genotype
     for t in ("normal", "reduce"):

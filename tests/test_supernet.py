@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from stacnas.spaces import BUILTIN_SPACES, SearchSpace
-from stacnas.supernet import Supernet, count_parameters
+from stacnas.nn import Supernet, count_parameters
 
 
 def test_darts_supernet_has_darts_parameter_count():

@@ -7,8 +7,9 @@ import torch
 import torch.multiprocessing as mp
 
 from stacnas import genotypes, train
+from stacnas.train import trainer
 from stacnas.genotypes import DARTS_V2, Genotype
-from stacnas.network import NetworkCIFAR, NetworkImageNet
+from stacnas.train.network import NetworkCIFAR, NetworkImageNet
 from stacnas.train import TrainConfig, count_macs, count_parameters_m, drop_path_at, run_eval, run_train
 
 TINY = dict(layers=3, channels=4, epochs=2, batch_size=32, limit=96, cutout=0, lr=0.05, device="cpu", seed=2)
@@ -63,13 +64,13 @@ def test_auxiliary_weight_enters_the_loss():
 
 def test_reports_the_last_epoch_not_the_best(tmp_path, monkeypatch):
     accuracies = iter([90.0, 40.0])
-    real = train.evaluate
+    real = trainer.evaluate
 
     def fake_evaluate(*args, **kwargs):
         result = real(*args, **kwargs)
         return {**result, "top1": next(accuracies)}
 
-    monkeypatch.setattr(train, "evaluate", fake_evaluate)
+    monkeypatch.setattr(trainer, "evaluate", fake_evaluate)
     result = run_train(TrainConfig(**TINY), str(tmp_path))
     assert result["test_top1"] == 40.0
     assert json.loads((tmp_path / "result.json").read_text())["test_top1"] == 40.0
@@ -117,7 +118,7 @@ class _Interrupt(Exception):
 def test_resume_gives_the_same_training(tmp_path, monkeypatch):
     cfg = dict(TINY, epochs=3, batch_size=16, checkpoint_every=2, drop_path=0.3)
     full = run_train(TrainConfig(**cfg), str(tmp_path / "full"))
-    real_step, calls = train.Trainer.step, {"n": 0}
+    real_step, calls = trainer.Trainer.step, {"n": 0}
 
     def step(self, x, y):
         calls["n"] += 1
@@ -125,10 +126,10 @@ def test_resume_gives_the_same_training(tmp_path, monkeypatch):
             raise _Interrupt
         return real_step(self, x, y)
 
-    monkeypatch.setattr(train.Trainer, "step", step)
+    monkeypatch.setattr(trainer.Trainer, "step", step)
     with pytest.raises(_Interrupt):
         run_train(TrainConfig(**cfg), str(tmp_path / "cut"))
-    monkeypatch.setattr(train.Trainer, "step", real_step)
+    monkeypatch.setattr(trainer.Trainer, "step", real_step)
     resumed = run_train(TrainConfig(**cfg), str(tmp_path / "cut"), resume=True)
     assert resumed["test_top1"] == full["test_top1"]
     a = torch.load(tmp_path / "full" / "model.pt", weights_only=True)["model"]
@@ -177,16 +178,16 @@ def _worker(rank, port, tmp):
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     out = os.path.join(tmp, "out" if rank == 0 else "out-rank1")
-    from stacnas.train import Trainer
+    from stacnas.train.trainer import Trainer
 
     captured = {}
-    real_finish = train._finish
+    real_finish = trainer._finish
 
     def finish(trainer: Trainer, record, seconds):
         captured["state"] = {k: v.clone() for k, v in trainer.net.state_dict().items()}
         return real_finish(trainer, record, seconds)
 
-    train._finish = finish
+    trainer._finish = finish
     run_train(TrainConfig(**{**TINY, "drop_path": 0.2}), out)
     torch.save(captured["state"], os.path.join(tmp, f"rank{rank}.pt"))
 

@@ -1,4 +1,5 @@
-// CUDA kernels of the fused ops (schemas and math in csrc/fused_ops.cpp and csrc/fused_ops.h).
+// CUDA kernels of the fused ops. Their schemas are in csrc/fused_ops.cpp; the host-side math they share with the
+// CPU kernels (argument checks, statistics, coefficients) is declared in csrc/fused_ops.h and defined there too.
 //
 // Channel sums (batch statistics; S and T of the backward) run on a (C, slices) grid: each block reduces its
 // slice of one channel into a partial buffer that at::sum finishes, so results are deterministic (no atomics).
@@ -167,17 +168,6 @@ std::tuple<at::Tensor, at::Tensor> mixed_sum_into_cuda(at::TensorList x_in, cons
     });
   }
   return {mean.to(w.scalar_type()), var.to(w.scalar_type())};
-}
-
-std::tuple<at::Tensor, at::Tensor, at::Tensor> mixed_sum_cuda(at::TensorList x, const at::Tensor& w,
-                                                              const c10::List<bool>& normalize,
-                                                              const c10::optional<at::Tensor>& running_mean,
-                                                              const c10::optional<at::Tensor>& running_var,
-                                                              bool training, double eps) {
-  TORCH_CHECK(!x.empty(), "mixed_sum: needs at least one input tensor");
-  auto y = at::empty_like(x[0], at::MemoryFormat::Contiguous);
-  auto [mean, var] = mixed_sum_into_cuda(x, w, normalize, running_mean, running_var, training, eps, y);
-  return {y, mean, var};
 }
 
 std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_sum_backward_cuda(
@@ -364,7 +354,6 @@ at::Tensor batch_norm_relu_backward_cuda(const at::Tensor& grad_in, const at::Te
 }  // namespace
 
 TORCH_LIBRARY_IMPL(stacnas, CUDA, m) {
-  m.impl("mixed_sum", &mixed_sum_cuda);
   m.impl("mixed_sum_into", &mixed_sum_into_cuda);
   m.impl("mixed_sum_backward", &mixed_sum_backward_cuda);
   m.impl("max_pool2d_backward_from_output", &max_pool2d_backward_from_output_cuda);

@@ -6,14 +6,14 @@
   ∇α L_val(w', α) − η ∇²_{α,w} L_train(w, α) ∇_{w'} L_val(w', α), with w' = w − η (momentum·buf + ∇w L_train + wd·w)
   and the Hessian-vector product by central finite differences at w ± R·∇_{w'} L_val, R = 0.01 / ‖∇_{w'} L_val‖
   (DARTS' `Architect._backward_step_unrolled`).
-Gradients are averaged over data-parallel ranks (stacnas.distributed) before any optimizer step.
+Gradients are averaged over data-parallel ranks (stacnas.runtime.distributed) before any optimizer step.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from .distributed import Context, average_gradients, average_tensors
+from ..runtime.distributed import Context, average_gradients, average_tensors
 
 
 def _loss(model, x, y):

@@ -1,11 +1,13 @@
-"""Networks trained from scratch from a genotype: DARTS' NetworkCIFAR and NetworkImageNet (mobile setting)."""
+"""Networks trained from scratch from a genotype: DARTS' NetworkCIFAR and NetworkImageNet (mobile setting), built
+from the description saved with their weights, and what they cost (parameters, multiply-adds)."""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
-from .genotypes import Genotype
-from .ops import FactorizedReduce, Identity, ReLUConvBN, final_op
+from .. import genotypes
+from ..genotypes import Genotype
+from ..ops import FactorizedReduce, Identity, ReLUConvBN, final_op
 
 
 def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
@@ -158,3 +160,41 @@ class NetworkImageNet(_Network):
     def forward(self, x):
         s0 = self.stem0(x)
         return self._run_cells(s0, self.stem1(s0))
+
+
+def build_network(arch: dict) -> nn.Module:
+    """The network an architecture description (trainer.architecture, saved in model.pt) describes."""
+    genotype = genotypes.from_dict(arch["genotype"])
+    cls = NetworkImageNet if arch["network"] == "imagenet" else NetworkCIFAR
+    return cls(genotype, C=arch["C"], num_classes=arch["num_classes"], layers=arch["layers"],
+               auxiliary=arch["auxiliary"], in_channels=arch["in_channels"])
+
+
+def count_parameters_m(model) -> float:
+    """Parameters without the auxiliary head, in millions (10^6), as the field reports them."""
+    return sum(p.numel() for p in model.weights_without_auxiliary()) / 1e6
+
+
+@torch.no_grad()
+def count_macs(model: nn.Module, arch: dict) -> int:
+    """Multiply-adds of one inference (convolutions and linear layers; the auxiliary head is not run)."""
+    total = [0]
+
+    def hook(module, _, output):
+        if isinstance(module, nn.Conv2d):
+            kernel = module.kernel_size[0] * module.kernel_size[1] * module.in_channels // module.groups
+            total[0] += output.numel() * kernel
+        else:
+            total[0] += output.numel() * module.in_features
+
+    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = model.training
+    model.eval()
+    try:
+        param = next(model.parameters())
+        model(torch.zeros(1, arch["in_channels"], arch["image_size"], arch["image_size"], device=param.device))
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was_training)
+    return total[0]

@@ -16,8 +16,10 @@ import math
 import numpy as np
 import torch
 
-from .ops import short_name
-from .spaces import Clusters
+from ..names import CELL_TYPES
+from ..nn import MixedOp
+from ..ops import short_name
+from ..spaces import Clusters
 
 ALONE = ("none", "noise")
 
@@ -72,8 +74,6 @@ def record_correlations(model, images: torch.Tensor, batch_size: int, device) ->
     Returns {cell_type: [(ops, K×K correlation), ...]} with one entry per recorded edge and cell. The model is
     run in eval mode (BN with its running statistics: the outputs are a fixed function of the image).
     """
-    from .supernet import MixedOp
-
     was_mode, was_training = model.mode, model.training
     model.set_mode("reference")
     model.eval()
@@ -104,7 +104,7 @@ def record_correlations(model, images: torch.Tensor, batch_size: int, device) ->
             h.remove()
         model.set_mode(was_mode, model.kernels)
         model.train(was_training)
-    result = {"normal": [], "reduce": []}
+    result = {t: [] for t in CELL_TYPES}
     for cell_type, ops, acc in accumulators:
         result[cell_type].append((ops, acc.correlation()))
     return result
@@ -170,7 +170,7 @@ def build_clusters(model, images, batch_size, device, ops, threshold, count, rul
     """The whole clustering of a warmed-up supernet: (Clusters, report for clusters.json)."""
     clustered = [op for op in ops if op not in ALONE]
     per_type = record_correlations(model, images, batch_size, device)
-    matrices = {t: average_correlation(per_type[t], clustered) for t in ("normal", "reduce")}
+    matrices = {t: average_correlation(per_type[t], clustered) for t in CELL_TYPES}
     overall = average_correlation(per_type["normal"] + per_type["reduce"], clustered)
     groups, Z = cluster_ops(overall, clustered, threshold, count) if clustered else ([], None)
     if "noise" in ops:

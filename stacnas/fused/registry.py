@@ -1,0 +1,164 @@
+"""Which backend computes which fused op, where each backend can run and why it cannot: the one place that the
+dispatcher, `stacnas info`, the benchmarks and the tests ask.
+
+    torch   PyTorch's own ops: the oracle the others are tested against; runs on any device
+    cpp     the C++ CPU kernels of the extension stacnas._C (csrc/fused_ops.cpp)
+    cuda    the CUDA kernels of stacnas._C (csrc/cuda/), when it was built with them
+    triton  the Triton kernels of stacnas.kernels (kernels/): on GPUs, or on CPUs under TRITON_INTERPRET=1
+
+`auto` takes the compiled kernels of the tensors' device, else Triton on a GPU, else torch. A backend that does not
+implement an op (OPS says who implements what) leaves that op to the first backend of the device's `auto` order
+that does.
+"""
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+
+import torch
+
+from ..names import KERNEL_BACKENDS, KERNEL_CHOICES
+
+OPS = {
+    "mixed_sum_into": ("torch", "cpp", "cuda", "triton"),
+    "mixed_sum_backward": ("torch", "cpp", "cuda", "triton"),
+    "batch_norm_stats": ("torch", "cpp", "cuda"),
+    "batch_norm_relu_backward": ("torch", "cpp", "cuda"),
+    "max_pool2d_backward_from_output": ("torch", "cpp", "cuda"),
+    "depthwise_conv2d_weight_grad": ("torch", "cpp"),
+}
+_MODULES = {"torch": "torch_backend", "cpp": "compiled_backend", "cuda": "compiled_backend",
+            "triton": "triton_backend"}
+_AUTO_ORDER = {"cpu": ("cpp", "torch"), "cuda": ("cuda", "triton", "torch")}
+
+
+_LOADED = {}  # backend -> its module, imported on first use
+
+
+def _module(backend: str):
+    if backend not in _LOADED:
+        _LOADED[backend] = importlib.import_module(f"stacnas.fused.{_MODULES[backend]}")
+    return _LOADED[backend]
+
+
+@functools.cache
+def _triton_version() -> str | None:
+    try:
+        import triton
+    except ImportError:
+        return None
+    return triton.__version__
+
+
+def _compiled():
+    return _module("cpp")
+
+
+def unavailable(backend: str, device: torch.device) -> str | None:
+    """None when `backend` can run on tensors of `device`, else why not."""
+    reason = None
+    if backend in ("cpp", "cuda"):
+        reason = _compiled().LOAD_ERROR
+        if reason is None and backend == "cuda" and not _compiled().cuda_built():
+            reason = "stacnas._C was built without CUDA kernels; rebuild with FORCE_CUDA=1 or TORCH_CUDA_ARCH_LIST set"
+    elif backend == "triton" and _triton_version() is None:
+        reason = "triton is not installed"
+    if reason is not None or backend == "torch":
+        return reason
+    if backend in ("cpp", "cuda") and (backend == "cuda") != (device.type == "cuda"):
+        return f"kernel backend {backend!r} cannot run on {device.type} tensors"
+    if backend == "triton" and device.type not in ("cpu", "cuda"):
+        return f"Triton kernels do not run on {device.type} tensors"
+    built = f"triton {_triton_version()} is installed" if backend == "triton" else "the CUDA kernels are built"
+    if device.type == "cuda" and not torch.cuda.is_available():
+        return f"{built}, but no GPU is visible"
+    if device.type == "cpu" and backend == "triton" and os.environ.get("TRITON_INTERPRET") != "1":
+        return f"{built}, but Triton runs on CPU tensors only in its interpreter: set TRITON_INTERPRET=1 before " \
+               "starting Python"
+    return None
+
+
+def interpreted(backend: str, device: torch.device) -> bool:
+    """Whether `backend` runs in an interpreter on `device` (Triton on CPUs): correct, but far too slow to time."""
+    return backend == "triton" and device.type == "cpu"
+
+
+def available_backends(device: torch.device | str) -> list[str]:
+    """The backends that can run on tensors of `device`, in KERNEL_BACKENDS order."""
+    device = torch.device(device)
+    return [b for b in KERNEL_BACKENDS if unavailable(b, device) is None]
+
+
+def op_backends(op: str, device: torch.device | str) -> list[str]:
+    """The backends that implement `op` and can run on `device`."""
+    return [b for b in available_backends(device) if b in OPS[op]]
+
+
+def home_device(backend: str) -> torch.device:
+    """The device a backend is meant for: cuda for cuda, and for triton where a GPU is visible; else the CPU."""
+    gpu = backend == "cuda" or (backend == "triton" and torch.cuda.is_available())
+    return torch.device("cuda" if gpu else "cpu")
+
+
+def status() -> dict[str, dict]:
+    """Per backend: whether it works on its home device here, why (not), and the ops it implements."""
+    report = {}
+    for backend in KERNEL_BACKENDS:
+        device = home_device(backend)
+        reason = unavailable(backend, device)
+        report[backend] = {"available": reason is None, "reason": reason or _why_available(backend, device),
+                           "ops": [op for op, backends in OPS.items() if backend in backends]}
+    return report
+
+
+def _why_available(backend: str, device: torch.device) -> str:
+    if backend == "torch":
+        return "PyTorch's own ops, on any device: the oracle the other backends are tested against"
+    if backend == "cpp":
+        return "compiled C++ CPU kernels loaded"
+    if backend == "cuda":
+        return f"CUDA kernels built; GPU: {torch.cuda.get_device_name(device)}"
+    if interpreted(backend, device):
+        return f"triton {_triton_version()} in the CPU interpreter (TRITON_INTERPRET=1; slow)"
+    return f"triton {_triton_version()} on {torch.cuda.get_device_name(device)}"
+
+
+def default_backend() -> str:
+    """The backend STACNAS_KERNELS asks for instead of the automatic choice (auto when unset)."""
+    backend = os.environ.get("STACNAS_KERNELS", "auto")
+    if backend not in KERNEL_CHOICES:
+        raise ValueError(f"STACNAS_KERNELS={backend!r} is not one of {', '.join(KERNEL_CHOICES)}")
+    return backend
+
+
+# Under torch.compile, dynamo runs these two at trace time and keeps their results (it cannot trace imports).
+@torch.compiler.assume_constant_result
+def resolve_backend(backend: str | None, device: torch.device) -> str:
+    """The concrete backend for tensors on `device`: `backend`, or for None and auto the one STACNAS_KERNELS names,
+    else the first usable one of the device's auto order. A backend that cannot run there is an error saying why."""
+    if backend in (None, "auto"):
+        backend = default_backend()
+    if backend == "auto":
+        return next((b for b in _AUTO_ORDER.get(device.type, ()) if unavailable(b, device) is None), "torch")
+    if backend not in KERNEL_BACKENDS:
+        raise ValueError(f"unknown kernel backend {backend!r}; choose one of {', '.join(KERNEL_CHOICES)}")
+    if (reason := unavailable(backend, device)) is not None:
+        raise RuntimeError(f"kernel backend {backend!r}: {reason}")
+    return backend
+
+
+@torch.compiler.assume_constant_result
+def provider(op: str, backend: str, device: torch.device) -> str:
+    """The backend computing `op` when `backend` (concrete) is chosen for `device`: `backend` itself, or when it does
+    not implement `op`, the first backend of the device's auto order that does and runs there."""
+    if backend not in OPS[op]:
+        order = (*_AUTO_ORDER.get(device.type, ()), "torch")
+        backend = next(b for b in order if b in OPS[op] and unavailable(b, device) is None)
+    _module(backend)  # imported now, not while torch.compile traces
+    return backend
+
+
+def implementation(op: str, backend: str, device: torch.device):
+    """The function computing `op` for the concrete `backend` on `device` (see provider)."""
+    return getattr(_LOADED[provider(op, backend, device)], op)

@@ -1,0 +1,80 @@
+"""The `torch` backend: every fused op written with PyTorch's own (ATen) ops. It runs on any device, and its
+`reference_mixed_sum`, differentiated by autograd, is the oracle every other backend is tested against."""
+from __future__ import annotations
+
+import torch
+
+
+def _channels(x: torch.Tensor) -> int:
+    return x.shape[1] if x.dim() >= 2 else 1
+
+
+def _per_channel(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(C,) statistics broadcast against x (N, C, ...)."""
+    return t.view(1, -1, *([1] * (x.dim() - 2))) if x.dim() >= 2 else t
+
+
+def _var_mean(x: torch.Tensor):
+    return torch.var_mean(x, dim=[0] + list(range(2, x.dim())), correction=0)
+
+
+def reference_mixed_sum(x, w, normalize, running_mean=None, running_var=None, training=True, eps=1e-5):
+    """(y, mean, var) with autograd through PyTorch ops: what DARTS' MixedOp computes with each folded BN applied."""
+    C = _channels(x[0])
+    means, variances, y = [], [], 0
+    for k, (xk, wk, norm) in enumerate(zip(x, w, normalize)):
+        if not norm:
+            mean, var, o = xk.new_zeros(C), xk.new_ones(C), xk
+        else:
+            if training:
+                var, mean = _var_mean(xk)
+            else:
+                mean, var = running_mean[k], running_var[k]
+            o = (xk - _per_channel(mean, xk)) * _per_channel(torch.rsqrt(var + eps), xk)
+        means.append(mean.detach())
+        variances.append(var.detach())
+        y = y + wk * o
+    return y, torch.stack(means), torch.stack(variances)
+
+
+def mixed_sum_into(x, w, normalize, running_mean, running_var, training, eps, out):
+    with torch.no_grad():
+        y, mean, var = reference_mixed_sum(x, w, normalize, running_mean, running_var, training, eps)
+        out.copy_(y)
+    return mean, var
+
+
+def mixed_sum_backward(grad, x, w, normalize, mean, var, training, eps):
+    with torch.enable_grad():
+        leaves = [t.detach().requires_grad_() for t in [*x, w]]
+        # in eval the running statistics are mean and var; in training they are recomputed from x, equal
+        y = reference_mixed_sum(leaves[:-1], leaves[-1], normalize, mean, var, training, eps)[0]
+        found = torch.autograd.grad(y, leaves, grad)
+    return list(found[:-1]), found[-1]
+
+
+def batch_norm_stats(x):
+    var, mean = _var_mean(x.detach())
+    return mean, var
+
+
+def batch_norm_relu_backward(grad, x, mean, var, training, eps):
+    with torch.enable_grad():
+        x = x.detach().requires_grad_()
+        if training:
+            var, mean = _var_mean(x)
+        act = torch.relu((x - _per_channel(mean, x)) * _per_channel(torch.rsqrt(var + eps), x))
+        return torch.autograd.grad(act, x, grad)[0]
+
+
+def max_pool2d_backward_from_output(grad, input, output, kernel_size, stride, padding):
+    # PyTorch's max-pool backward needs the indices: found again by pooling the input once more
+    _, indices = torch.nn.functional.max_pool2d(input, kernel_size, stride, padding, return_indices=True)
+    return torch.ops.aten.max_pool2d_with_indices_backward(grad, input, kernel_size, stride, padding, [1, 1], False,
+                                                           indices)
+
+
+def depthwise_conv2d_weight_grad(grad, input, kernel_size, stride, padding, dilation):
+    weight = input.new_empty(input.shape[1], 1, *kernel_size)
+    return torch.ops.aten.convolution_backward(grad, input, weight, None, stride, padding, dilation, False, [0, 0],
+                                               input.shape[1], [False, True, False])[1]

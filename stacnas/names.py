@@ -1,0 +1,19 @@
+"""The names of stacnas' choices, each written once: every module, flag and check takes them from here."""
+from __future__ import annotations
+
+# The two cell types of a DARTS network; α, spaces and genotypes hold one entry per type, in this order.
+CELL_TYPES = ("normal", "reduce")
+
+# How a supernet computes its mixed edges (stacnas.nn.modes): `reference` is DARTS' plain sum(w * op(x)), the
+# oracle; `lean` fuses each node into one kernel call; `recompute` keeps only node inputs and recomputes in backward.
+MEMORY_MODES = ("reference", "lean", "recompute")
+DEFAULT_MEMORY_MODE = "lean"
+
+# Who computes the fused ops (stacnas.fused.registry): `torch` is pure PyTorch (ATen ops only), the others are
+# stacnas' kernels. `auto` picks per device.
+KERNEL_BACKENDS = ("torch", "cpp", "cuda", "triton")
+KERNEL_CHOICES = ("auto", *KERNEL_BACKENDS)
+
+# Search methods and optimization orders (stacnas.search).
+METHODS = ("stacnas", "darts", "random")
+ORDERS = ("auto", "one-level", "first", "second")

@@ -1,0 +1,128 @@
+"""The lean memory mode: every (edge, op) term of a node summed by one fused `mixed_sum` call.
+
+  - ops ending in BatchNorm(affine=False) hand over the BN's input z and batch statistics: the BN is folded into
+    the sum, so its output o = (z - mean)·rstd is never stored (dL/dw = <g, o> comes from z and the statistics);
+  - `none` is skipped (its output is 0, so it adds nothing and its weight gets no gradient from the sum);
+  - ReLU(h) is computed once per state and shared by every conv candidate of every edge leaving it; the convs keep
+    h, not ReLU(h), and recompute the ReLU in backward (likewise BN+ReLU inside sep_conv keeps only the BN input);
+  - max-pool keeps no indices, and convs and pools take the faster routes of stacnas.nn.routes;
+  - a cell's preprocess keeps the previous cell's output, not ReLU of it.
+The result equals the reference MixedOps' to rounding (the fused sum, BN statistics and the routes associate their
+sums differently; tests compare against float64).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import fused
+from ..ops import FactorizedReduce
+from . import recognize
+from .batchnorm import batch_stats, update_running_stats
+from .cell_output import CellOutput
+from .routes import Conv, NormReLUConv, fast_pool
+
+
+def _conv(conv: nn.Conv2d, x, backend, act=None, bn=None):
+    """conv(ReLU(x)), or conv(ReLU(bn(x))) when the BatchNorm(affine=False) `bn` comes first."""
+    mean = var = None
+    training, eps = False, 0.0
+    if bn is not None:
+        mean, var, training = batch_stats(bn, x, backend)
+        eps = bn.eps
+    return NormReLUConv.apply(x, conv.weight, conv.stride, conv.padding, conv.dilation, conv.groups, act, mean, var,
+                              training, eps, backend)
+
+
+def _factorized_reduce(op: nn.Module, h, relu_h, backend):
+    shifted = h[:, :, 1:, 1:]
+    if odd := (h.shape[2] % 2 or h.shape[3] % 2):
+        shifted = F.pad(shifted, (0, h.shape[3] % 2, 0, h.shape[2] % 2))
+    return torch.cat([_conv(op.conv_1, h, backend, act=relu_h()),
+                      _conv(op.conv_2, shifted, backend, act=None if odd else relu_h()[:, :, 1:, 1:])], dim=1)
+
+
+def _conv_chain(layers, h, relu_h, backend):
+    x = _conv(layers[1], h, backend, act=relu_h())
+    i = 2
+    while i < len(layers) - 1:
+        if isinstance(layers[i], nn.BatchNorm2d):  # BN → ReLU → conv inside sep_conv
+            x = _conv(layers[i + 2], x, backend, bn=layers[i])
+            i += 3
+        else:
+            conv = layers[i]
+            x = Conv.apply(x, conv.weight, conv.stride, conv.padding, conv.dilation, conv.groups, backend)
+            i += 1
+    return x
+
+
+def lean_term(op: nn.Module, h: torch.Tensor, relu_h, backend=None):
+    """One candidate on state h, as (x, bn): x is the input z of a trailing BN(affine=False) to fold (bn given), or
+    the op's output (bn None). relu_h() gives the shared ReLU(h); backend is that of the fused ops."""
+    if recognize.is_identity(op):
+        return h, None
+    if recognize.is_factorized_reduce(op):
+        odd = h.shape[2] % 2 or h.shape[3] % 2
+        if not recognize.foldable(op.bn) or (odd and not isinstance(op, FactorizedReduce)):
+            return op(h), None  # DARTS' own FactorizedReduce does not handle odd sizes: run it as it is
+        return _factorized_reduce(op, h, relu_h, backend), op.bn
+    layers = recognize.layers_of(op)
+    if layers is not None and recognize.is_pool_then_bn(layers):
+        return (fast_pool(layers[0], backend) or layers[0])(h), layers[1]
+    if layers is not None and recognize.is_conv_chain(layers):
+        return _conv_chain(layers, h, relu_h, backend), layers[-1]
+    return op(h), None
+
+
+def shared_relu(states):
+    """relu_of(j)() is ReLU(states[j]), computed once however many convs read it."""
+    cache = {}
+
+    def relu_of(j):
+        def relu():
+            if j not in cache:
+                cache[j] = F.relu(states[j].detach())
+            return cache[j]
+        return relu
+    return relu_of
+
+
+def lean_preprocess(op: nn.Module, s: torch.Tensor, backend=None) -> torch.Tensor:
+    """A cell's preprocess op (ReLU-conv-BN or FactorizedReduce) keeping its input s, not ReLU(s): s is the previous
+    cell's output, which the two cells reading it then share for backward."""
+    x, bn = lean_term(op, s, shared_relu([s])(0), backend)
+    return x if bn is None else bn(x)
+
+
+def terms(edges):
+    """(j, k, op) for every candidate op k of edge j but `none` (its output is 0: it adds nothing to the sum)."""
+    return [(j, k, op) for j, edge in enumerate(edges) for k, op in enumerate(edge._ops) if not recognize.is_none(op)]
+
+
+def lean_node(edges, states, weights, backend=None, out: CellOutput | None = None):
+    """One node: sum over its incoming edges (edges[j] reads states[j]) of sum_k weights[j, k] · op_jk(states[j]),
+    written into the next slot of `out` when given."""
+    backend = fused.resolve_backend(backend, states[0].device)
+    relu_of = shared_relu(states)
+    found = terms(edges)
+    xs, bns = [], []
+    for j, _, op in found:
+        x, bn = lean_term(op, states[j], relu_of(j), backend)
+        xs.append(x)
+        bns.append(bn)
+    normalize = [bn is not None for bn in bns]
+    training = any(bn.training or not bn.track_running_stats for bn in bns if bn is not None)
+    eps = next((bn.eps for bn in bns if bn is not None), 1e-5)
+    running_mean = running_var = None
+    if not training and any(normalize):
+        C = xs[0].shape[1]
+        running_mean = torch.stack([bn.running_mean if bn is not None else xs[0].new_zeros(C) for bn in bns])
+        running_var = torch.stack([bn.running_var if bn is not None else xs[0].new_ones(C) for bn in bns])
+    w = weights[[j for j, _, _ in found], [k for _, k, _ in found]]
+    y, mean, var = fused.mixed_sum(xs, w, normalize, running_mean, running_var, training, eps, backend=backend,
+                                   out=None if out is None else out.slot(xs[0]))
+    if training:
+        updated = [k for k, bn in enumerate(bns) if bn is not None and bn.training and bn.track_running_stats]
+        update_running_stats([bns[k] for k in updated], mean[updated], var[updated], xs[0].numel() // xs[0].shape[1])
+    return y

@@ -1,0 +1,101 @@
+"""The recompute memory mode: a node keeps only its input states and weights; backward recomputes each candidate,
+one at a time, the way the lean mode computes it, with the BN running statistics frozen (they were updated once, in
+forward) and the RNG of `noise` replayed. Works with torch.autograd.grad too (DARTS' second-order step)."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from .. import fused
+from . import recognize
+from .batchnorm import frozen_running_stats
+from .cell_output import CellOutput
+from .lean import lean_term, shared_relu, terms
+
+
+def _rng_state(device):
+    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+
+
+@contextlib.contextmanager
+def _replayed_rng(device, state):
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type=device.type):
+        if device.type == "cuda":
+            torch.cuda.set_rng_state(state, device)
+        else:
+            torch.set_rng_state(state)
+        yield
+
+
+class RecomputeNode(torch.autograd.Function):
+    """y = sum over terms t of w_t · op_t(states[s_t]), written into the next slot of `out` (a CellOutput) when
+    given; keeps only the states and w."""
+
+    @staticmethod
+    def forward(ctx, out, backend, node_terms, n_states, w, *tensors):
+        states = tensors[:n_states]  # the rest are the ops' parameters: inputs, so that they get gradients
+        relu_of = shared_relu(states)
+        y, rng = None, {}
+        for t, (s, op, _) in enumerate(node_terms):
+            if recognize.uses_rng(op):
+                rng[t] = _rng_state(states[s].device)
+            x, bn = lean_term(op, states[s], relu_of(s), backend)
+            o = x if bn is None else bn(x)  # transient: one term at a time; bn updates its statistics once
+            if y is None:
+                y = torch.mul(o, w[t], out=out.slot(o) if out is not None else torch.empty_like(o))
+            else:
+                y.addcmul_(o, w[t])
+        ctx.node_terms, ctx.rng, ctx.backend = node_terms, rng, backend
+        ctx.save_for_backward(w, *states)
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        w, *states = ctx.saved_tensors
+        leaves = [s.detach().requires_grad_(s.requires_grad) for s in states]
+        relu_of = shared_relu(states)
+        grad_states = [None] * len(states)
+        grad_params, grad_w = [], torch.zeros_like(w)
+        for t, (s, op, params) in enumerate(ctx.node_terms):
+            replay = _replayed_rng(leaves[s].device, ctx.rng[t]) if t in ctx.rng else contextlib.nullcontext()
+            with frozen_running_stats(op), torch.enable_grad(), replay:
+                x, bn = lean_term(op, leaves[s], relu_of(s), ctx.backend)
+            grad_x, grad_w[t] = _term_backward(grad, x.detach(), bn, w[t:t + 1], ctx.backend)
+            wanted = ([leaves[s]] if leaves[s].requires_grad else []) + [p for p in params if p.requires_grad]
+            found = iter(torch.autograd.grad(x, wanted, grad_x, allow_unused=True) if x.requires_grad and wanted
+                         else [None] * len(wanted))
+            if leaves[s].requires_grad:
+                g_state = next(found)
+                if g_state is not None:
+                    grad_states[s] = g_state if grad_states[s] is None else grad_states[s] + g_state
+            grad_params.extend(next(found) if p.requires_grad else None for p in params)
+        return (None, None, None, None, grad_w, *grad_states, *grad_params)
+
+
+def _term_backward(grad, x, bn, w_t, backend):
+    """(dL/dx, dL/dw_t) for the term w_t · x, or w_t · bn(x) with the BN folded: one fused backward pass from x and
+    the BN's statistics, the BN's output never formed."""
+    if bn is None:
+        return grad * w_t, (grad * x).sum()
+    if bn.training or not bn.track_running_stats:
+        mean, var = fused.batch_norm_stats(x, backend)
+        training = True
+    else:
+        mean, var, training = bn.running_mean, bn.running_var, False
+    (grad_x,), grad_w = fused.mixed_sum_backward(grad, [x], w_t, [True], mean[None], var[None], training, bn.eps,
+                                                 backend)
+    return grad_x, grad_w[0]
+
+
+def recompute_node(edges, states, weights, backend=None, out: CellOutput | None = None):
+    """lean_node's result, keeping only the states and the weights for backward."""
+    backend = fused.resolve_backend(backend, states[0].device)
+    found = terms(edges)
+    node_terms = [(j, op, list(op.parameters())) for j, _, op in found]
+    w = weights[[j for j, _, _ in found], [k for _, k, _ in found]]
+    return RecomputeNode.apply(out, backend, node_terms, len(states), w, *states,
+                               *(p for _, _, ps in node_terms for p in ps))

@@ -1,0 +1,194 @@
+"""Faster routes for the convolutions and pools inside DARTS' ops, as autograd Functions the lean supernet calls.
+
+PyTorch's CPU backward of the depthwise and pointwise convs in sep_conv and dil_conv costs 5–20× their forward, and
+its CPU max-pool 25× two elementwise passes. These routes compute the same values (exactly, or equal to rounding
+where sums are associated differently, as each function says) and keep less for backward:
+  - NormReLUConv: conv(ReLU(x)) or conv(ReLU(BN(x))) keeping x, not the activation;
+  - Conv: a bias-free conv whose backward takes conv_backward's routes;
+  - MaxPoolNoIndices: a 3×3 max-pool that keeps no int64 indices;
+  - avg_pool3x3: a 3×3 average pool (count_include_pad=False) as two 3-wide sums.
+`backend` is the kernel backend of the fused ops they call (stacnas.fused).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.autograd.function import once_differentiable
+
+from .. import fused
+
+
+def pair(v) -> list:
+    return list(v) if isinstance(v, (tuple, list)) else [v, v]
+
+
+def per_channel(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """(C,) statistics broadcast against like (N, C, ...)."""
+    return t.view(1, -1, *([1] * (like.dim() - 2)))
+
+
+def activation(x, mean, var, eps):
+    """ReLU(x), or ReLU((x - mean) / sqrt(var + eps)) when statistics are given."""
+    if mean is None:
+        return F.relu(x)
+    rstd = torch.rsqrt(var + eps)
+    return F.relu(torch.addcmul(per_channel(-mean * rstd, x), x, per_channel(rstd, x)))
+
+
+class NormReLUConv(torch.autograd.Function):
+    """conv(ReLU(x)), or conv(ReLU(BN(x))) with BN statistics (mean, var), keeping x, not the activation, for
+    backward; with batch statistics (training) the gradient flows through them as BatchNorm's does.
+
+    `act` may hand in the activation already computed (shared by several convs); it is not kept either.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, stride, padding, dilation, groups, act, mean, var, training, eps, backend):
+        if act is None:
+            act = activation(x, mean, var, eps)
+        ctx.save_for_backward(x, weight, mean, var)
+        ctx.conv, ctx.training, ctx.eps, ctx.backend = (stride, padding, dilation, groups), training, eps, backend
+        return conv_forward(act, weight, stride, padding, dilation, groups)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, weight, mean, var = ctx.saved_tensors
+        act = activation(x, mean, var, ctx.eps)
+        grad_act, grad_weight = conv_backward(grad, act, weight, *ctx.conv, ctx.needs_input_grad[:2], ctx.backend)
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.threshold_backward(grad_act, act, 0) if mean is None else \
+                fused.batch_norm_relu_backward(grad_act, x, mean, var, ctx.training, ctx.eps, ctx.backend)
+        return grad_x, grad_weight, *[None] * 10
+
+
+class Conv(torch.autograd.Function):
+    """F.conv2d(x, weight) without bias, with the backward of `conv_backward`."""
+
+    @staticmethod
+    def forward(ctx, x, weight, stride, padding, dilation, groups, backend):
+        ctx.save_for_backward(x, weight)
+        ctx.conv, ctx.backend = (stride, padding, dilation, groups), backend
+        return conv_forward(x, weight, stride, padding, dilation, groups)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        return (*conv_backward(grad, x, weight, *ctx.conv, ctx.needs_input_grad[:2], ctx.backend), *[None] * 5)
+
+
+def _pointwise(x, weight, stride, padding, groups) -> bool:
+    """A 1×1, stride-1, unpadded, ungrouped conv on a CPU tensor: a matrix product, 1.5–4× faster there than
+    PyTorch's conv (whose fixed cost per call is ~0.1 ms)."""
+    return (x.device.type == "cpu" and weight.shape[2:] == (1, 1) and groups == 1 and pair(stride) == [1, 1]
+            and pair(padding) == [0, 0])
+
+
+def conv_forward(x, weight, stride, padding, dilation, groups):
+    """F.conv2d(x, weight, None, stride, padding, dilation, groups); pointwise convs as matrix products on CPUs
+    (equal to rounding)."""
+    if _pointwise(x, weight, stride, padding, groups):
+        n, c_out = x.shape[0], weight.shape[0]
+        # bmm with the weight expanded (a view): torch.matmul would copy x to fold the batch into one product
+        matrix = weight.reshape(1, c_out, -1).expand(n, -1, -1)
+        return torch.bmm(matrix, x.reshape(n, x.shape[1], -1)).view(n, c_out, *x.shape[2:])
+    return F.conv2d(x, weight, None, stride, padding, dilation, groups)
+
+
+def conv_backward(grad, x, weight, stride, padding, dilation, groups, needs, backend=None):
+    """(grad_x, grad_weight) of F.conv2d(x, weight, None, stride, padding, dilation, groups), each only where `needs`
+    says. On CPUs the depthwise and pointwise convs take other routes than PyTorch's (equal to rounding): the
+    depthwise filter gradient by stacnas.fused (PyTorch's own is fast only for undilated 3×3), the depthwise input
+    gradient at stride 1 as a forward conv of grad with the flipped filters, and the pointwise (1×1, stride 1)
+    gradients as matrix products."""
+    stride, padding, dilation = pair(stride), pair(padding), pair(dilation)
+    c_out, c_in_group, kh, kw = weight.shape
+    if x.device.type == "cpu" and groups == x.shape[1] == c_out and c_in_group == 1:
+        grad_x = grad_weight = None
+        if needs[0] and stride == [1, 1]:
+            flipped = [d * (k - 1) - p for d, k, p in zip(dilation, (kh, kw), padding)]
+            if min(flipped) >= 0:
+                grad_x = F.conv2d(grad, weight.flip(-2, -1), None, 1, flipped, dilation, groups)
+        if needs[1] and not ((kh, kw) == (3, 3) and dilation == [1, 1]):
+            grad_weight = fused.depthwise_conv2d_weight_grad(grad, x, [kh, kw], stride, padding, dilation, backend)
+        rest = [needs[0] and grad_x is None, needs[1] and grad_weight is None]
+        if any(rest):
+            found = torch.ops.aten.convolution_backward(grad, x, weight, None, stride, padding, dilation, False,
+                                                        [0, 0], groups, rest + [False])
+            grad_x = found[0] if rest[0] else grad_x
+            grad_weight = found[1] if rest[1] else grad_weight
+        return grad_x, grad_weight
+    if _pointwise(x, weight, stride, padding, groups):
+        n = x.shape[0]
+        g = grad.reshape(n, c_out, -1)
+        grad_x = torch.bmm(weight.reshape(1, c_out, -1).mT.expand(n, -1, -1), g).view(x.shape) if needs[0] else None
+        grad_weight = torch.bmm(g, x.reshape(n, x.shape[1], -1).transpose(1, 2)).sum(0).view(weight.shape) \
+            if needs[1] else None
+        return grad_x, grad_weight
+    found = torch.ops.aten.convolution_backward(grad, x, weight, None, stride, padding, dilation, False, [0, 0],
+                                                groups, [needs[0], needs[1], False])
+    return found[0], found[1]
+
+
+# ---- 3×3 pools -------------------------------------------------------------------------------------------------
+
+def _window3(x: torch.Tensor, combine, pad_value: float) -> torch.Tensor:
+    """combine over each 3×3 window (padding 1, stride 1), as two 3-wide passes: rows, then columns."""
+    p = F.pad(x, (1, 1, 1, 1), value=pad_value)
+    rows = combine(combine(p[..., :-2], p[..., 1:-1]), p[..., 2:])
+    return combine(combine(rows[..., :-2, :], rows[..., 1:-1, :]), rows[..., 2:, :])
+
+
+def _strided(y: torch.Tensor, stride: int) -> torch.Tensor:
+    # padding 1, kernel 3: the stride-s output is every s-th stride-1 output
+    return y if stride == 1 else y[..., ::stride, ::stride].contiguous()
+
+
+def max_pool3x3(x: torch.Tensor, stride: int) -> torch.Tensor:
+    """F.max_pool2d(x, 3, stride, 1), exactly (a max is a max in any order), without autograd. PyTorch's CPU
+    max-pool on NCHW costs ~25× more than these two elementwise passes (3.9 vs 0.16 ms at 16×16×32×32)."""
+    return _strided(_window3(x, torch.maximum, float("-inf")), stride)
+
+
+def avg_pool3x3(x: torch.Tensor, stride: int) -> torch.Tensor:
+    """F.avg_pool2d(x, 3, stride, 1, count_include_pad=False) as two 3-wide sums divided by each window's count
+    of real pixels (differentiable; the sums are associated differently from PyTorch's, so equal to rounding)."""
+    h, w = x.shape[-2:]
+    ones = x.new_ones(1, 1, h, w)
+    count = _window3(ones, torch.add, 0.0)
+    return _strided(_window3(x, torch.add, 0.0) / count, stride)
+
+
+class MaxPoolNoIndices(torch.autograd.Function):
+    """3×3 max-pool that keeps no int64 indices: backward finds each argmax by comparing input and output, both of
+    which are kept anyway (the input is a node state, the output the folded BN's input)."""
+
+    @staticmethod
+    def forward(ctx, x, stride, backend):
+        out = max_pool3x3(x, stride)
+        ctx.save_for_backward(x, out)
+        ctx.stride, ctx.backend = stride, backend
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        x, out = ctx.saved_tensors
+        s = ctx.stride
+        return fused.max_pool2d_backward_from_output(grad, x, out, [3, 3], [s, s], [1, 1], ctx.backend), None, None
+
+
+def fast_pool(pool: nn.Module, backend=None):
+    """The fast equivalent of a DARTS 3×3 pool (padding 1, square stride), or None for any other pool."""
+    stride = pair(getattr(pool, "stride", None))
+    if pair(getattr(pool, "kernel_size", None)) != [3, 3] or pair(pool.padding) != [1, 1] \
+            or stride[0] != stride[1] or pool.ceil_mode:
+        return None
+    if isinstance(pool, nn.MaxPool2d) and pair(pool.dilation) == [1, 1] and not pool.return_indices:
+        return lambda h: MaxPoolNoIndices.apply(h, stride[0], backend)
+    if isinstance(pool, nn.AvgPool2d) and not pool.count_include_pad and pool.divisor_override is None:
+        return lambda h: avg_pool3x3(h, stride[0])
+    return None

@@ -1,0 +1,40 @@
+"""A run's metrics.jsonl: one JSON line per epoch (and stage), printed as one log line too, trimmed on resume to
+what the checkpoints cover; and the peak memory every record carries."""
+from __future__ import annotations
+
+import json
+import resource
+from pathlib import Path
+
+import torch
+
+
+class MetricsLog:
+    def __init__(self, path: Path, enabled: bool = True):
+        self.path, self.enabled = Path(path), enabled  # enabled: this process writes (rank 0)
+
+    def log(self, record: dict, details: str) -> None:
+        """Append the record; print "[stage] epoch e/E: <details> (seconds)"."""
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+        prefix = f"[{record['stage']}] " if "stage" in record else ""
+        print(f"{prefix}epoch {record['epoch']}/{record['epochs']}: {details} ({record['seconds']:.1f}s)", flush=True)
+
+    def trim(self, stage: str | None, epochs_done: int) -> None:
+        """Drop the lines of `stage` (None: lines without a stage) past `epochs_done`: a resumed run logs them again."""
+        if not self.enabled or not self.path.is_file():
+            return
+        lines = self.path.read_text().splitlines()
+        keep = [line for line, r in zip(lines, map(json.loads, lines)) if r.get("stage") != stage
+                or r["epoch"] <= epochs_done]
+        self.path.write_text("".join(line + "\n" for line in keep))
+
+
+def peak_memory() -> dict:
+    """Peak resident memory of this process (and peak CUDA memory allocated, when CUDA was used), in MiB."""
+    mem = {"peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        mem["peak_cuda_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return mem

@@ -1,0 +1,189 @@
+"""A whole search: StacNAS' clustering and two stages (cluster level, then operator level at the final depth), the
+plain single-stage DARTS baseline, or a random cell; outputs written on rank 0 only.
+
+A stage trains a fresh supernet (stacnas.search.training) and leaves <stage>/supernet.pt and <stage>/space.json; a
+resumed search reloads finished stages and continues the interrupted one from its checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .. import fused, genotypes
+from ..data import datasets, get_loaders
+from ..names import CELL_TYPES
+from ..nn import Supernet
+from ..ops import short_name
+from ..runtime import checkpoint, distributed
+from ..runtime.metrics import peak_memory
+from ..runtime.run_dir import open_run_dir
+from ..spaces import Clusters, SearchSpace, load_space
+from . import clustering
+from .config import RESUME_FREE, SearchConfig
+from .stages import chosen_clusters, random_genotype, resolve_clusters, stage1_space, stage2_space
+from .training import Run, train_supernet
+
+
+def _stage(run: Run, name: str, space: SearchSpace, layers: int, epochs: int, order: str):
+    """A fresh supernet (new weights, new α) trained for one stage; reloaded when a resumed run finished it."""
+    cfg, info = run.cfg, run.loaders.info
+    torch.manual_seed(cfg.seed)
+    model = Supernet(space, C=cfg.channels, layers=layers, nodes=cfg.nodes, num_classes=info.num_classes,
+                     in_channels=info.in_channels, mode=cfg.memory_mode, kernels=cfg.kernels).to(run.device)
+    final = run.out / name / "supernet.pt"
+    if run.resume and final.is_file():
+        model.load_state_dict(checkpoint.load(final, map_location=run.device))
+        if run.ctx.is_main:
+            print(f"[{name}] finished before the interruption; loaded {final}", flush=True)
+        return model
+    distributed.broadcast_state(model, run.ctx)
+    train_supernet(run, name, model, epochs, order)
+    if run.ctx.is_main:
+        torch.save(model.state_dict(), final)
+        (run.out / name / "space.json").write_text(json.dumps(space.to_dict(), indent=2) + "\n")
+        (run.out / name / "checkpoint.pt").unlink(missing_ok=True)
+    return model
+
+
+def _cluster_images(cfg: SearchConfig) -> torch.Tensor:
+    """The fixed, seeded set of training images (no augmentation) whose op outputs are recorded."""
+    train, _, _ = datasets(cfg.dataset, cfg.data_root, augment=False, download=cfg.download)
+    n = min(cfg.cluster_images, len(train), cfg.limit or len(train))
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed + 17))[:n]
+    return torch.stack([train[int(i)][0] for i in order])
+
+
+def auto_clusters(run: Run, space: SearchSpace) -> Clusters:
+    """Warm up a supernet over all ops (one-level), record op outputs, cluster; writes clusters.json."""
+    cfg = run.cfg
+    path = run.out / "clusters.json"
+    if run.resume and path.is_file():
+        return Clusters.from_dict(json.loads(path.read_text()), str(path))
+    model = _stage(run, "cluster", space, cfg.cluster_layers, cfg.cluster_epochs, "one-level")
+    clusters, report = clustering.build_clusters(model, _cluster_images(cfg), cfg.batch_size, run.device, space.ops(),
+                                                 cfg.cluster_threshold, cfg.cluster_count or None,
+                                                 cfg.cluster_representative)
+    if run.ctx.is_main:
+        path.write_text(json.dumps(report, indent=2) + "\n")
+        print(clustering.render_report(report), flush=True)
+    return clusters
+
+
+def _stacnas(run: Run, space: SearchSpace, summary: dict):
+    cfg = run.cfg
+    clusters, source = resolve_clusters(cfg, space)
+    if clusters is None:
+        clusters = auto_clusters(run, space)
+    elif run.ctx.is_main:
+        (run.out / "clusters.json").write_text(json.dumps({**clusters.to_dict(), "source": source}, indent=2) + "\n")
+    summary["clusters"] = clusters.to_dict()
+    stage1 = _stage(run, "stage1", stage1_space(space, clusters, cfg.nodes), cfg.stage1_layers, cfg.epochs, run.order)
+    choice = chosen_clusters(stage1, clusters)
+    if run.ctx.is_main:
+        (run.out / "stage1" / "choice.json").write_text(json.dumps(choice, indent=2) + "\n")
+    summary["stage1_choice"] = {t: [clusters.groups[c] for c in picks] for t, picks in choice.items()}
+    del stage1  # stage 2 never inherits stage-1 weights
+    space2 = stage2_space(space, clusters, choice, cfg.nodes)
+    return _stage(run, "stage2", space2, cfg.stage2_layers, cfg.epochs, run.order)
+
+
+@dataclass
+class SearchResult:
+    genotype: genotypes.Genotype
+    alphas: dict  # cell type -> softmax α of the final supernet (empty for --method random)
+    summary: dict
+
+
+def _start(cfg: SearchConfig, out_dir: str, force: bool, resume: bool, bilevel_split: bool) -> Run:
+    cfg.validate()
+    device = distributed.device_for(cfg.device)
+    fused.resolve_backend(cfg.kernels, device)  # an unusable backend fails now, not after the output folder is made
+    ctx = distributed.setup(device)
+    out = Path(out_dir)
+    if ctx.is_main:
+        open_run_dir(out_dir, cfg, force, resume, RESUME_FREE, needs=())
+    distributed.barrier(ctx)
+    torch.manual_seed(cfg.seed)
+    loaders = get_loaders(cfg.dataset, cfg.data_root, cfg.batch_size, cfg.val_fraction if bilevel_split else 0.0,
+                          augment=True, workers=cfg.workers, seed=cfg.seed, download=cfg.download,
+                          limit=cfg.limit or None, rank=ctx.rank, world=ctx.world)
+    return Run(cfg, loaders, device, ctx, out, resume, cfg.resolved_order())
+
+
+def run_search(cfg: SearchConfig, out_dir: str, force: bool = False, resume: bool = False) -> SearchResult:
+    """The whole search; writes genotype.json/.txt, clusters.json, metrics.jsonl, stage folders, summary.json."""
+    space = load_space(cfg.space)
+    if cfg.method == "random":
+        return _random_search(cfg, space, out_dir, force)
+    run = _start(cfg, out_dir, force, resume, bilevel_split=cfg.resolved_order() != "one-level")
+    try:
+        summary = {"method": cfg.method, "order": run.order, "space": space.name, "dataset": run.loaders.info.name,
+                   "ranks": run.ctx.world}
+        if cfg.method == "darts":
+            model = _stage(run, "darts", space, cfg.darts_layers, cfg.darts_epochs, run.order)
+        else:
+            model = _stacnas(run, space, summary)
+        genotype = model.genotype()
+        alphas = {t: model.edge_weights(t).detach().cpu() for t in CELL_TYPES}
+        summary.update(genotype=genotypes.to_dict(genotype), seconds=round(time.time() - run.started, 1),
+                       **peak_memory())
+        if run.ctx.is_main:
+            _write_result(run.out, genotype, summary)
+        return SearchResult(genotype, alphas, summary)
+    finally:
+        distributed.teardown(run.ctx)
+
+
+def _random_search(cfg: SearchConfig, space: SearchSpace, out_dir: str, force: bool) -> SearchResult:
+    cfg.validate()
+    out = open_run_dir(out_dir, cfg, force, resume=False, free=set(), needs=())
+    genotype = random_genotype(space, cfg.nodes, cfg.seed)
+    summary = {"method": "random", "space": space.name, "seed": cfg.seed, "genotype": genotypes.to_dict(genotype),
+               "seconds": 0.0, **peak_memory()}
+    _write_result(out, genotype, summary)
+    return SearchResult(genotype, {}, summary)
+
+
+def _write_result(out: Path, genotype, summary: dict) -> None:
+    genotypes.save(genotype, out / "genotype.json")
+    genotypes.save(genotype, out / "genotype.txt")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(render_summary(summary, out))
+
+
+def render_summary(summary: dict, out: Path) -> str:
+    """The one-screen summary printed at the end of a search."""
+    genotype = genotypes.from_dict(summary["genotype"])
+    lines = ["", "=" * 30 + " stacnas search " + "=" * 30,
+             f"method {summary['method']}" + (f" ({summary['order']})" if "order" in summary else "")
+             + f" · space {summary['space']}" + (f" · dataset {summary['dataset']}" if "dataset" in summary else "")
+             + (f" · {summary['ranks']} processes" if summary.get("ranks", 1) > 1 else "")]
+    if "clusters" in summary:
+        c = summary["clusters"]
+        lines.append("clusters: " + "  ".join("{" + ", ".join(map(short_name, g)) + "}" for g in c["groups"]))
+    for cell_type, picks in summary.get("stage1_choice", {}).items():
+        lines.append(f"stage 1 {cell_type:>6}: " + " ".join("/".join(map(short_name, g)) for g in picks))
+    for cell_type in CELL_TYPES:
+        pairs = getattr(genotype, cell_type)
+        lines.append(f"final {cell_type:>6}: " + "  ".join(
+            f"{short_name(op)}({inp}→{2 + i // 2})" for i, (op, inp) in enumerate(pairs)))
+    memory = f"peak memory {summary['peak_rss_mib']:.0f} MiB RSS"
+    if "peak_cuda_mib" in summary:
+        memory += f", {summary['peak_cuda_mib']:.0f} MiB CUDA"
+    lines += [f"time {summary['seconds']:.1f} s · {memory}",
+              f"genotype: {out / 'genotype.txt'} (DARTS text) and {out / 'genotype.json'}", "=" * 76]
+    return "\n".join(lines)
+
+
+def run_clustering(cfg: SearchConfig, out_dir: str, force: bool = False) -> Clusters:
+    """`stacnas cluster`: the warm-up and automatic clustering alone; writes clusters.json."""
+    space = load_space(cfg.space)
+    run = _start(cfg, out_dir, force, resume=False, bilevel_split=False)
+    try:
+        return auto_clusters(run, space)
+    finally:
+        distributed.teardown(run.ctx)

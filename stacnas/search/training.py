@@ -1,0 +1,103 @@
+"""Training one supernet for one stage, resumable: the search steps of stacnas.search.steps run by the shared epoch
+loop (stacnas.runtime.epochs), with SGD on the weights (cosine schedule) and Adam on α."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..names import CELL_TYPES
+from ..runtime import distributed
+from ..runtime.epochs import EpochLoop
+from ..runtime.metrics import MetricsLog, peak_memory
+from . import steps
+from .config import SearchConfig
+
+
+@dataclass
+class Run:
+    """What every stage shares: the configuration, data, device, process group and output folder."""
+    cfg: SearchConfig
+    loaders: object
+    device: torch.device
+    ctx: distributed.Context
+    out: Path
+    resume: bool
+    order: str
+    started: float = field(default_factory=time.time)
+
+    @property
+    def metrics(self) -> MetricsLog:
+        return MetricsLog(self.out / "metrics.jsonl", enabled=self.ctx.is_main)
+
+
+def _optimizers(model, cfg: SearchConfig, epochs: int):
+    w_opt = torch.optim.SGD(model.weights(), cfg.w_lr, momentum=cfg.w_momentum, weight_decay=cfg.w_weight_decay)
+    a_opt = torch.optim.Adam(model.alphas(), cfg.a_lr, betas=tuple(cfg.a_betas), weight_decay=cfg.a_weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(w_opt, epochs, eta_min=cfg.w_lr_min)
+    return w_opt, a_opt, schedule
+
+
+def _step(run: Run, order: str, model, opts, x, y, xv, yv, lr):
+    """One search step in the configured order; returns (training loss, training logits, validation loss)."""
+    w_opt, a_opt, _ = opts
+    cfg, ctx = run.cfg, run.ctx
+    if order == "one-level":
+        return (*steps.joint_step(model, x, y, w_opt, a_opt, cfg.grad_clip, ctx), None)
+    if order == "first":
+        val_loss = steps.alpha_step_first_order(model, xv, yv, a_opt, ctx)
+    else:
+        val_loss = steps.alpha_step_second_order(model, x, y, xv, yv, lr, w_opt, a_opt, ctx)
+    return (*steps.weight_step(model, x, y, w_opt, cfg.grad_clip, ctx), val_loss)
+
+
+class SupernetTraining(EpochLoop):
+    """The epochs of one stage; its checkpoint is <out>/<stage>/checkpoint.pt."""
+
+    sums_size = 5  # training-loss sum, correct, seen, validation-loss sum, validation batches
+
+    def __init__(self, run: Run, stage: str, model, epochs: int, order: str):
+        self.search_run, self.model, self.order = run, model, order
+        self.opts = _optimizers(model, run.cfg, epochs)
+        w_opt, a_opt, schedule = self.opts
+        super().__init__(stage=stage, checkpoint_path=run.out / stage / "checkpoint.pt",
+                         stateful={"model": model, "w_opt": w_opt, "a_opt": a_opt, "schedule": schedule},
+                         ctx=run.ctx, device=run.device, loaders=run.loaders, metrics=run.metrics, epochs=epochs,
+                         checkpoint_every=run.cfg.checkpoint_every)
+
+    def begin_epoch(self, epoch: int) -> None:
+        self.model.train()
+        self.lr = self.opts[2].get_last_lr()[0]
+
+    def batches(self):
+        if self.order == "one-level":
+            return ((batch, None) for batch in self.loaders.train)
+        return zip(self.loaders.train, self.loaders.val)
+
+    def run_batch(self, batch) -> list:
+        train_batch, val_batch = batch
+        x, y = (t.to(self.device, non_blocking=True) for t in train_batch)
+        xv, yv = (t.to(self.device, non_blocking=True) for t in val_batch) if val_batch else (None, None)
+        loss, logits, val_loss = _step(self.search_run, self.order, self.model, self.opts, x, y, xv, yv, self.lr)
+        sums = [loss.double() * len(y), (logits.argmax(1) == y).sum(), len(y)]
+        return sums + ([val_loss.double(), 1] if val_loss is not None else [])
+
+    def end_epoch(self, epoch: int, total: list[float], started: float) -> tuple[dict, str]:
+        self.opts[2].step()
+        record = {"stage": self.stage, "epoch": epoch + 1, "epochs": self.epochs, "train_loss": total[0] / total[2],
+                  "train_acc": total[1] / total[2], "lr": self.lr, "seconds": round(time.time() - started, 2),
+                  **peak_memory(),
+                  "alpha_softmax": {t: self.model.edge_weights(t).detach().cpu().tolist() for t in CELL_TYPES}}
+        details = f"loss {record['train_loss']:.4f} acc {record['train_acc']:.3f}"
+        if self.order != "one-level":
+            record["val_loss"] = total[3] / max(total[4], 1.0)
+            details += f" val loss {record['val_loss']:.4f}"
+        return record, f"{details} lr {record['lr']:.4g}"
+
+
+def train_supernet(run: Run, stage: str, model, epochs: int, order: str):
+    """Train a supernet for `epochs`, continuing from <out>/<stage>/checkpoint.pt when resuming."""
+    SupernetTraining(run, stage, model, epochs, order).run(run.resume)
+    return model
