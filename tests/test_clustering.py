@@ -3,10 +3,10 @@ import pytest
 import torch
 import torch.nn as nn
 
-from stacnas.search.clustering import (CovarianceAccumulator, average_correlation, build_clusters, cluster_ops,
-                                pick_representatives, record_correlations, render_report)
-from stacnas.spaces import SearchSpace
 from stacnas.nn import Supernet
+from stacnas.search.clustering import (CovarianceAccumulator, average_correlation, build_clusters, cluster_ops,
+                                       pick_representatives, record_correlations, render_report)
+from stacnas.spaces import SearchSpace
 
 
 @pytest.mark.parametrize("splits", [[1000], [1, 999], [300, 300, 400], [7] * 100 + [300]])

@@ -9,10 +9,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import stacnas.nn
+from stacnas.nn import Supernet
 from stacnas.ops import PRIMITIVES
 from stacnas.spaces import BUILTIN_SPACES
-from stacnas.nn import Supernet
-
 
 # ---- a DARTS-style search network, written as DARTS writes it -------------------------------------------------
 

@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from stacnas.bench import saved_bytes
-from stacnas.spaces import BUILTIN_SPACES
 from stacnas.nn import Supernet
+from stacnas.spaces import BUILTIN_SPACES
 
 
 def _saved(space, mode):

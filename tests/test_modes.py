@@ -7,8 +7,8 @@ import torch
 import torch.nn.functional as F
 
 from stacnas import fused
-from stacnas.spaces import BUILTIN_SPACES, SearchSpace
 from stacnas.nn import Supernet
+from stacnas.spaces import BUILTIN_SPACES, SearchSpace
 
 BACKENDS = fused.available_backends("cpu")  # the supernets below run on CPU tensors
 

@@ -3,8 +3,8 @@ import torch
 
 from stacnas.genotypes import DARTS_V1, DARTS_V2, PDARTS
 from stacnas.nn import count_parameters
-from stacnas.train.network import AuxiliaryHead, NetworkCIFAR, NetworkImageNet, drop_path
 from stacnas.ops import Identity
+from stacnas.train.network import AuxiliaryHead, NetworkCIFAR, NetworkImageNet, drop_path
 
 
 def test_darts_v2_cifar_parameter_count():

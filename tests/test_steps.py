@@ -3,10 +3,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from stacnas.nn import Supernet
 from stacnas.runtime.distributed import Context
 from stacnas.search import steps
 from stacnas.spaces import BUILTIN_SPACES
-from stacnas.nn import Supernet
 
 ONE = Context()
 

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from stacnas.spaces import BUILTIN_SPACES, SearchSpace
 from stacnas.nn import Supernet, count_parameters
+from stacnas.spaces import BUILTIN_SPACES, SearchSpace
 
 
 def test_darts_supernet_has_darts_parameter_count():

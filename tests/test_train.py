@@ -7,10 +7,9 @@ import torch
 import torch.multiprocessing as mp
 
 from stacnas import genotypes, train
-from stacnas.train import trainer
 from stacnas.genotypes import DARTS_V2, Genotype
+from stacnas.train import TrainConfig, count_macs, count_parameters_m, drop_path_at, run_eval, run_train, trainer
 from stacnas.train.network import NetworkCIFAR, NetworkImageNet
-from stacnas.train import TrainConfig, count_macs, count_parameters_m, drop_path_at, run_eval, run_train
 
 TINY = dict(layers=3, channels=4, epochs=2, batch_size=32, limit=96, cutout=0, lr=0.05, device="cpu", seed=2)
 
