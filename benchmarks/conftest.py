@@ -9,8 +9,9 @@ from harness import DEVICE
 
 @pytest.fixture
 def timed(benchmark):
-    """benchmark(fn), each call waiting for the device to finish."""
-    def run(fn, **extra_info):
+    """benchmark(fn) in `group` (the rows compared with each other), each call waiting for the device to finish."""
+    def run(fn, group: str, **extra_info):
+        benchmark.group = group
         benchmark.extra_info.update(extra_info)
 
         def call():

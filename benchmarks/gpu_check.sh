@@ -16,7 +16,7 @@ mkdir -p "$(dirname "$stem")"
   echo "== kernel tests on CUDA"
   python3 -m pytest -q tests/test_fused.py tests/test_modes.py tests/test_dropin.py
   echo "== kernel benchmarks"
-  python3 -m pytest -q benchmarks --benchmark-group-by=group,param:shape --benchmark-json "$stem-kernels.json"
+  python3 -m pytest -q benchmarks --benchmark-json "$stem-kernels.json"
   echo "== supernet modes (batch 64)"
   python3 benchmarks/supernet.py --batch-size 64 --repeats 10 --out "$stem-supernet.json"
 } 2>&1 | tee "$stem.txt"

@@ -1,7 +1,7 @@
 """The one harness of the kernel benchmarks: pytest-benchmark, the same workload per backend side by side in one
-session (its table gives each row's ratio to the fastest of its group), one JSON format (--benchmark-json).
+session, each workload a group (its table gives each row's ratio to the fastest of the group), one JSON format.
 
-    python -m pytest benchmarks --benchmark-group-by=group,param:shape --benchmark-json=FILE.json
+    python -m pytest benchmarks --benchmark-json=FILE.json
 
 Backends come from stacnas' registry: every backend that runs on this machine's device (the GPU when one is
 visible, else the CPU), except Triton in its CPU interpreter, which is correct but far too slow to time.

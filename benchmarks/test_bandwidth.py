@@ -19,14 +19,12 @@ def inputs():
     return [torch.randn(SHAPE, device=DEVICE) for _ in range(K)], torch.randn(K, device=DEVICE)
 
 
-@pytest.mark.benchmark(group="bandwidth")
 def test_copy(timed, inputs):
     src = inputs[0][0]
     dst = torch.empty_like(src)
-    timed(lambda: dst.copy_(src), bytes_moved=2 * src.numel() * src.element_size())
+    timed(lambda: dst.copy_(src), "bandwidth", bytes_moved=2 * src.numel() * src.element_size())
 
 
-@pytest.mark.benchmark(group="bandwidth")
 @pytest.mark.parametrize("backend", kernel_backends("mixed_sum_into"))
 @pytest.mark.parametrize("folded", [False, True], ids=["plain", "bn-folded"])
 def test_mixed_sum_forward(timed, inputs, backend, folded):
@@ -34,5 +32,5 @@ def test_mixed_sum_forward(timed, inputs, backend, folded):
     normalize = [folded and k % 2 == 0 for k in range(K)]
     out = torch.empty_like(xs[0])
     with torch.no_grad():
-        timed(lambda: fused.mixed_sum_into(xs, w, normalize, None, None, True, 1e-5, out, backend),
+        timed(lambda: fused.mixed_sum_into(xs, w, normalize, None, None, True, 1e-5, out, backend), "bandwidth",
               bytes_moved=(K + 1) * xs[0].numel() * xs[0].element_size())

@@ -13,7 +13,6 @@ from harness import DEVICE, kernel_backends
 SHAPES = {"16x16x32x32": (16, 16, 32, 32), "64x32x16x16": (64, 32, 16, 16)}
 
 
-@pytest.mark.benchmark(group="mixed_sum")
 @pytest.mark.parametrize("backend", kernel_backends("mixed_sum_into"))
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("folded", [False, True], ids=["plain", "bn-folded"])
@@ -29,4 +28,4 @@ def test_mixed_sum_forward_backward(timed, backend, shape, folded):
         y, _, _ = fused.mixed_sum(outs, w, normalize, backend=backend)
         torch.autograd.grad(y, [w, *outs], grad)
 
-    timed(step)
+    timed(step, f"mixed_sum {shape} {'bn-folded' if folded else 'plain'}")
