@@ -202,7 +202,8 @@ def render(report: dict) -> str:
         head += f" {'peak CUDA MiB':>13} {'max batch':>9}"
     lines = [f"supernet benchmark on {report['machine']['device']} ({report['config']['threads']} threads), "
              f"C={report['config']['channels']}, {report['config']['layers']} cells, "
-             f"{report['config']['image_size']}x{report['config']['image_size']}, batch {report['config']['batch_size']}",
+             f"{report['config']['image_size']}x{report['config']['image_size']}, "
+             f"batch {report['config']['batch_size']}",
              head]
     for mode, r in report["results"].items():
         line = (f"{mode:<10} {r['saved_bytes_per_sample'] / 2**20:>16.1f} {r.get('saved_bytes_ratio', 1):>6.3f} "

@@ -203,7 +203,7 @@ BUILTIN_SPACES = {
 def space_from_dict(data: dict, default_name: str = "custom") -> SearchSpace:
     if not isinstance(data, dict):
         raise ValueError("a space file must hold a mapping with keys 'normal' and 'reduce'")
-    unknown = set(data) - {"name", "normal", "reduce", "clusters", "representatives"}
+    unknown = set(data) - {"name", *CELL_TYPES, "clusters", "representatives"}
     if unknown:
         raise ValueError(f"space file: unknown keys {sorted(unknown)}; allowed: name, normal, reduce, clusters, "
                          "representatives")

@@ -326,3 +326,13 @@ def test_depthwise_weight_grad(backend, device, kernel, stride, padding, dilatio
 def test_depthwise_weight_grad_opcheck(backend, device):
     x, grad = torch.randn(2, 3, 9, 7, device=device), torch.randn(2, 3, 5, 4, device=device)
     torch.library.opcheck(custom_op(backend, "depthwise_conv2d_weight_grad"), (grad, x, [3, 3], [2, 2], [2, 2], [2, 2]))
+
+
+@pytest.mark.skipif(compiled_backend.LOAD_ERROR is not None, reason="stacnas._C is not built")
+def test_an_extension_built_for_another_torch_is_refused(monkeypatch):
+    from stacnas import _C
+
+    monkeypatch.setattr(_C, "torch_version", "1.0.0")
+    assert "stacnas._C was built for torch 1.0.0, this is torch" in compiled_backend._load()
+    monkeypatch.setattr(_C, "torch_version", torch.__version__.split("+")[0])
+    assert compiled_backend._load() is None

@@ -11,7 +11,8 @@ def _load() -> str | None:
     try:
         from .. import _C
     except ImportError as err:
-        return f"stacnas._C is not built or does not load ({err}); reinstall with `pip install --no-build-isolation -e .`"
+        return (f"stacnas._C is not built or does not load ({err}); reinstall with "
+                "`pip install --no-build-isolation -e .`")
     running = torch.__version__.split("+")[0]
     if _C.torch_version != running:
         return (f"stacnas._C was built for torch {_C.torch_version}, this is torch {running}; reinstall with "

@@ -51,32 +51,38 @@ def _triton_version() -> str | None:
     return triton.__version__
 
 
-def _compiled():
-    return _module("cpp")
-
-
 def unavailable(backend: str, device: torch.device) -> str | None:
     """None when `backend` can run on tensors of `device`, else why not."""
-    reason = None
-    if backend in ("cpp", "cuda"):
-        reason = _compiled().LOAD_ERROR
-        if reason is None and backend == "cuda" and not _compiled().cuda_built():
-            reason = "stacnas._C was built without CUDA kernels; rebuild with FORCE_CUDA=1 or TORCH_CUDA_ARCH_LIST set"
-    elif backend == "triton" and _triton_version() is None:
-        reason = "triton is not installed"
-    if reason is not None or backend == "torch":
-        return reason
-    if backend in ("cpp", "cuda") and (backend == "cuda") != (device.type == "cuda"):
+    if backend == "torch":
+        return None
+    return _triton_unavailable(device) if backend == "triton" else _compiled_unavailable(backend, device)
+
+
+def _compiled_unavailable(backend: str, device: torch.device) -> str | None:
+    compiled = _module("cpp")
+    if compiled.LOAD_ERROR is not None:
+        return compiled.LOAD_ERROR
+    if backend == "cuda" and not compiled.cuda_built():
+        return "stacnas._C was built without CUDA kernels; rebuild with FORCE_CUDA=1 or TORCH_CUDA_ARCH_LIST set"
+    if (backend == "cuda") != (device.type == "cuda"):
         return f"kernel backend {backend!r} cannot run on {device.type} tensors"
-    if backend == "triton" and device.type not in ("cpu", "cuda"):
-        return f"Triton kernels do not run on {device.type} tensors"
-    built = f"triton {_triton_version()} is installed" if backend == "triton" else "the CUDA kernels are built"
     if device.type == "cuda" and not torch.cuda.is_available():
-        return f"{built}, but no GPU is visible"
-    if device.type == "cpu" and backend == "triton" and os.environ.get("TRITON_INTERPRET") != "1":
-        return f"{built}, but Triton runs on CPU tensors only in its interpreter: set TRITON_INTERPRET=1 before " \
-               "starting Python"
+        return "the CUDA kernels are built, but no GPU is visible"
     return None
+
+
+def _triton_unavailable(device: torch.device) -> str | None:
+    version = _triton_version()
+    if version is None:
+        return "triton is not installed"
+    if device.type == "cuda":
+        return None if torch.cuda.is_available() else f"triton {version} is installed, but no GPU is visible"
+    if device.type == "cpu":
+        if os.environ.get("TRITON_INTERPRET") == "1":
+            return None
+        return (f"triton {version} runs on CPU tensors only in its interpreter: set TRITON_INTERPRET=1 before "
+                "starting Python")
+    return f"Triton kernels do not run on {device.type} tensors"
 
 
 def interpreted(backend: str, device: torch.device) -> bool:

@@ -215,7 +215,8 @@ def render_dendrogram(ops: list[str], linkage_rows: list) -> str:
     for step, (a, b, dist, _) in enumerate(linkage_rows):
         left, right = members[int(a)], members[int(b)]
         members[len(ops) + step] = left + right
-        lines.append(f"  d={dist:.3f}  {{{', '.join(map(short_name, left))}}} + {{{', '.join(map(short_name, right))}}}")
+        joined = [", ".join(map(short_name, side)) for side in (left, right)]
+        lines.append(f"  d={dist:.3f}  {{{joined[0]}}} + {{{joined[1]}}}")
     return "\n".join(lines)
 
 

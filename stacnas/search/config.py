@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..names import KERNEL_CHOICES, MEMORY_MODES, METHODS, ORDERS
+from ..names import DEFAULT_MEMORY_MODE, KERNEL_CHOICES, MEMORY_MODES, METHODS, ORDERS
 from ..runtime.config import option
 
 # options a resumed search may change: they do not change the numbers (beyond float rounding for the kernels)
@@ -59,9 +59,9 @@ class SearchConfig:
     checkpoint_every: int = option(0, "also checkpoint every this many steps (0: at the end of every epoch only)",
                                    "run")
     device: str = option("auto", "cpu, cuda or auto", "run")
-    memory_mode: str = option("lean", "supernet memory mode: lean (fused, about half the memory), recompute "
-                                      "(least memory, recomputes in backward) or reference (plain PyTorch)", "run",
-                              choices=list(MEMORY_MODES))
+    memory_mode: str = option(DEFAULT_MEMORY_MODE, "supernet memory mode: lean (fused, about half the memory), "
+                                                   "recompute (least memory, recomputes in backward) or reference "
+                                                   "(plain PyTorch)", "run", choices=list(MEMORY_MODES))
     kernels: str = option("auto", "backend of the fused ops: auto, torch (PyTorch's own ops), cpp, cuda or triton",
                           "run", choices=list(KERNEL_CHOICES))
 

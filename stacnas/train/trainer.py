@@ -110,8 +110,9 @@ class Trainer(EpochLoop):
         super().__init__(stage=None, checkpoint_path=out / "checkpoint.pt",
                          stateful={"model": self.net, "optimizer": self.optimizer, "schedule": self.schedule,
                                    "scaler": self.scaler},
-                         ctx=ctx, device=device, loaders=loaders, metrics=MetricsLog(out / "metrics.jsonl", ctx.is_main),
-                         epochs=cfg.epochs, checkpoint_every=cfg.checkpoint_every)
+                         ctx=ctx, device=device, loaders=loaders,
+                         metrics=MetricsLog(out / "metrics.jsonl", ctx.is_main), epochs=cfg.epochs,
+                         checkpoint_every=cfg.checkpoint_every)
 
     def step(self, x, y) -> tuple[torch.Tensor, torch.Tensor]:
         cfg = self.cfg
