@@ -7,7 +7,8 @@ A normalized term is the input of a trailing BatchNorm(affine=False) folded into
 batch's in training (returned, so the caller updates the BN's running statistics once) and the running ones in eval;
 the BN output o_k never exists. With every flag False it is DARTS' weighted sum of candidate outputs. mean and var
 are (K, C) (0 and 1 on plain rows) and carry no gradient. With `out` (a node's channel slice of its cell's output)
-y is written there and is `out`.
+y is written there and is `out`; autograd refuses an `out` that is a view of another tensor (a CellOutput slot is
+not one).
 
 `mixed_sum` is differentiable (its autograd is MixedSum, the same for every backend); the other functions are the
 kernels themselves, without autograd: the forward pass `mixed_sum_into`, its backward `mixed_sum_backward`, and the

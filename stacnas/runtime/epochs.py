@@ -35,6 +35,7 @@ class EpochLoop:
         """Before the epoch's first batch (the model's mode, the epoch's schedule values)."""
 
     def batches(self):
+        """The batches of one epoch (the training loader's; run_batch receives them one by one)."""
         return self.loaders.train
 
     def run_batch(self, batch) -> list:
