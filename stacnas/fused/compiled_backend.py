@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import torch
 
+from .torch_backend import channels
+
 
 def _load() -> str | None:
     """None when stacnas._C loaded and matches this torch, else why not."""
@@ -28,15 +30,11 @@ def cuda_built() -> bool:
     return LOAD_ERROR is None and torch._C._dispatch_has_kernel_for_dispatch_key("stacnas::mixed_sum_into", "CUDA")
 
 
-def _channels(x: torch.Tensor) -> int:
-    return x.shape[1] if x.dim() >= 2 else 1
-
-
 if LOAD_ERROR is None:
     @torch.library.register_fake("stacnas::mixed_sum_into")
     def _(x, w, normalize, running_mean, running_var, training, eps, out):
         torch._check(len(x) == w.shape[0], lambda: "mixed_sum_into: one weight per input")
-        stats = w.new_empty(len(x), _channels(x[0]))
+        stats = w.new_empty(len(x), channels(x[0]))
         return stats, torch.empty_like(stats)
 
     @torch.library.register_fake("stacnas::mixed_sum_backward")
@@ -45,7 +43,7 @@ if LOAD_ERROR is None:
 
     @torch.library.register_fake("stacnas::batch_norm_stats")
     def _(x):
-        return x.new_empty(_channels(x)), x.new_empty(_channels(x))
+        return x.new_empty(channels(x)), x.new_empty(channels(x))
 
     @torch.library.register_fake("stacnas::batch_norm_relu_backward")
     def _(grad, x, mean, var, training, eps):

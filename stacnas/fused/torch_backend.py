@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 
 
-def _channels(x: torch.Tensor) -> int:
+def channels(x: torch.Tensor) -> int:
+    """Channels are dim 1 of (N, C, ...)."""
     return x.shape[1] if x.dim() >= 2 else 1
 
 
-def _per_channel(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def per_channel(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """(C,) statistics broadcast against x (N, C, ...)."""
     return t.view(1, -1, *([1] * (x.dim() - 2))) if x.dim() >= 2 else t
 
@@ -20,7 +21,7 @@ def _var_mean(x: torch.Tensor):
 
 def reference_mixed_sum(x, w, normalize, running_mean=None, running_var=None, training=True, eps=1e-5):
     """(y, mean, var) with autograd through PyTorch ops: what DARTS' MixedOp computes with each folded BN applied."""
-    C = _channels(x[0])
+    C = channels(x[0])
     means, variances, y = [], [], 0
     for k, (xk, wk, norm) in enumerate(zip(x, w, normalize)):
         if not norm:
@@ -30,7 +31,7 @@ def reference_mixed_sum(x, w, normalize, running_mean=None, running_var=None, tr
                 var, mean = _var_mean(xk)
             else:
                 mean, var = running_mean[k], running_var[k]
-            o = (xk - _per_channel(mean, xk)) * _per_channel(torch.rsqrt(var + eps), xk)
+            o = (xk - per_channel(mean, xk)) * per_channel(torch.rsqrt(var + eps), xk)
         means.append(mean.detach())
         variances.append(var.detach())
         y = y + wk * o
@@ -63,7 +64,7 @@ def batch_norm_relu_backward(grad, x, mean, var, training, eps):
         x = x.detach().requires_grad_()
         if training:
             var, mean = _var_mean(x)
-        act = torch.relu((x - _per_channel(mean, x)) * _per_channel(torch.rsqrt(var + eps), x))
+        act = torch.relu((x - per_channel(mean, x)) * per_channel(torch.rsqrt(var + eps), x))
         return torch.autograd.grad(act, x, grad)[0]
 
 

@@ -6,10 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..kernels import mixed_sum as kernels
-
-
-def _channels(x: torch.Tensor) -> int:
-    return x.shape[1] if x.dim() >= 2 else 1
+from .torch_backend import channels
 
 
 @torch.library.custom_op("stacnas_triton::mixed_sum_into", mutates_args={"out"})
@@ -21,7 +18,7 @@ def mixed_sum_into(x: list[torch.Tensor], w: torch.Tensor, normalize: list[bool]
 
 @mixed_sum_into.register_fake
 def _(x, w, normalize, running_mean, running_var, training, eps, out):
-    return w.new_empty(len(x), _channels(x[0])), w.new_empty(len(x), _channels(x[0]))
+    return w.new_empty(len(x), channels(x[0])), w.new_empty(len(x), channels(x[0]))
 
 
 @torch.library.custom_op("stacnas_triton::mixed_sum_backward", mutates_args=())

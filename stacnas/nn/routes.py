@@ -17,15 +17,11 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from .. import fused
+from ..fused.torch_backend import per_channel
 
 
 def pair(v) -> list:
     return list(v) if isinstance(v, (tuple, list)) else [v, v]
-
-
-def per_channel(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """(C,) statistics broadcast against like (N, C, ...)."""
-    return t.view(1, -1, *([1] * (like.dim() - 2)))
 
 
 def activation(x, mean, var, eps):
