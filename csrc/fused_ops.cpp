@@ -35,6 +35,8 @@ MixedSumShape check_mixed_sum_args(const std::vector<at::Tensor>& x, const at::T
                                    const std::vector<bool>& normalize) {
   TORCH_CHECK(!x.empty(), "mixed_sum: needs at least one input tensor");
   const auto K = static_cast<int64_t>(x.size());
+  TORCH_CHECK(at::isFloatingType(w.scalar_type()), "mixed_sum: weights must be floating point, got ",
+              w.scalar_type());
   TORCH_CHECK(w.dim() == 1 && w.size(0) == K, "mixed_sum: weights must be 1-D with one entry per input, got shape ",
               w.sizes(), " for ", K, " inputs");
   TORCH_CHECK(static_cast<int64_t>(normalize.size()) == K, "mixed_sum: normalize needs one flag per input, got ",
@@ -81,6 +83,9 @@ std::pair<at::Tensor, at::Tensor> mixed_sum_stats(
                   "mixed_sum: eval mode with normalized inputs needs running_mean and running_var");
       TORCH_CHECK(running_mean->sizes() == mean.sizes() && running_var->sizes() == var.sizes(),
                   "mixed_sum: running statistics must have shape (inputs, channels) = (", K, ", ", C, ")");
+      TORCH_CHECK(running_mean->device() == x[0].device() && running_var->device() == x[0].device() &&
+                      at::isFloatingType(running_mean->scalar_type()) && at::isFloatingType(running_var->scalar_type()),
+                  "mixed_sum: running statistics must be floating point, on the inputs' device");
       mean[k].copy_((*running_mean)[k]);
       var[k].copy_((*running_var)[k]);
     }
@@ -107,9 +112,71 @@ int64_t sample_stride(const at::Tensor& out, const at::Tensor& x0) {
   return out.stride(0);
 }
 
-void check_mixed_sum_grad(const at::Tensor& grad, const at::Tensor& x0) {
+void check_mixed_sum_backward_args(const at::Tensor& grad, const at::Tensor& x0, const at::Tensor& mean,
+                                   const at::Tensor& var, int64_t K) {
   TORCH_CHECK(grad.sizes() == x0.sizes(), "mixed_sum_backward: grad shape ", grad.sizes(), " differs from the inputs' ",
               x0.sizes());
+  check_same_kind(grad, x0, "mixed_sum_backward", "grad");
+  const auto C = layout_of(x0).channels;
+  for (const auto& t : {mean, var}) {
+    TORCH_CHECK(t.dim() == 2 && t.size(0) == K && t.size(1) == C,
+                "mixed_sum_backward: mean and var must have shape (inputs, channels) = (", K, ", ", C, "), got ",
+                t.sizes());
+    TORCH_CHECK(t.device() == x0.device() && at::isFloatingType(t.scalar_type()),
+                "mixed_sum_backward: mean and var must be floating point, on the inputs' device");
+  }
+}
+
+void check_same_kind(const at::Tensor& t, const at::Tensor& like, const char* op, const char* name) {
+  TORCH_CHECK(at::isFloatingType(like.scalar_type()), op, ": expects floating point tensors, got ",
+              like.scalar_type());
+  TORCH_CHECK(t.scalar_type() == like.scalar_type() && t.device() == like.device(), op, ": ", name,
+              " must have the dtype and device of the input (", like.scalar_type(), " on ", like.device(), "), got ",
+              t.scalar_type(), " on ", t.device());
+}
+
+void check_max_pool_backward_args(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& output,
+                                  at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding) {
+  constexpr const char* op = "max_pool2d_backward_from_output";
+  TORCH_CHECK(kernel_size.size() == 2 && stride.size() == 2 && padding.size() == 2, op,
+              ": kernel_size, stride and padding need two entries each");
+  TORCH_CHECK(input.dim() == 4 && output.dim() == 4 && grad.sizes() == output.sizes(), op,
+              ": expects 4-D input and output with grad shaped like the output, got ", input.sizes(), ", ",
+              output.sizes(), " and ", grad.sizes());
+  check_same_kind(output, input, op, "output");
+  check_same_kind(grad, input, op, "grad");
+  for (int i = 0; i < 2; ++i) {
+    TORCH_CHECK(kernel_size[i] > 0 && stride[i] > 0 && padding[i] >= 0 && 2 * padding[i] <= kernel_size[i], op,
+                ": needs kernel_size and stride above 0 and padding in 0..kernel_size/2, got ", kernel_size, ", ",
+                stride, ", ", padding);
+    const int64_t in = input.size(2 + i) + 2 * padding[i];
+    const int64_t expected = in >= kernel_size[i] ? (in - kernel_size[i]) / stride[i] + 1 : 0;
+    TORCH_CHECK(output.size(2 + i) == expected, op, ": output ", output.sizes(), " is not what pooling ",
+                input.sizes(), " gives (", expected, " along dim ", 2 + i, ")");
+  }
+  TORCH_CHECK(output.size(0) == input.size(0) && output.size(1) == input.size(1), op,
+              ": output and input must have the same batch and channels, got ", output.sizes(), " and ",
+              input.sizes());
+}
+
+void check_batch_norm_input(const at::Tensor& x, const char* op) {
+  TORCH_CHECK(x.dim() >= 2, op, ": expects (N, C, ...) with at least 2 dimensions, got ", x.sizes());
+  check_same_kind(x, x, op, "x");
+}
+
+void check_batch_norm_relu_backward_args(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mean,
+                                         const at::Tensor& var) {
+  constexpr const char* op = "batch_norm_relu_backward";
+  check_batch_norm_input(x, op);
+  TORCH_CHECK(grad.sizes() == x.sizes(), op, ": grad and x must have the same shape, got ", grad.sizes(), " and ",
+              x.sizes());
+  check_same_kind(grad, x, op, "grad");
+  for (const auto& t : {mean, var}) {
+    TORCH_CHECK(t.dim() == 1 && t.size(0) == x.size(1), op, ": mean and var must hold one value per channel (",
+                x.size(1), "), got ", t.sizes());
+    TORCH_CHECK(t.device() == x.device() && at::isFloatingType(t.scalar_type()), op,
+                ": mean and var must be floating point, on x's device");
+  }
 }
 
 MixedSumBackwardCoefficients mixed_sum_backward_coefficients(const at::Tensor& S, const at::Tensor& T,
@@ -217,8 +284,8 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_sum_backward_cpu(
   const auto normalize = flags(normalize_list);
   const auto s = check_mixed_sum_args(x, w, normalize);
   const auto grad = grad_in.contiguous();
-  check_mixed_sum_grad(grad, x[0]);
   const int64_t K = static_cast<int64_t>(x.size());
+  check_mixed_sum_backward_args(grad, x[0], mean, var, K);
   const int64_t C = s.channels;
   auto S = at::zeros({C}, at::dtype(at::kDouble));
   auto T = at::zeros({K, C}, at::dtype(at::kDouble));
@@ -285,8 +352,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_sum_backward_cpu(
 at::Tensor max_pool2d_backward_from_output_cpu(const at::Tensor& grad_in, const at::Tensor& input_in,
                                                const at::Tensor& output_in, at::IntArrayRef kernel_size,
                                                at::IntArrayRef stride, at::IntArrayRef padding) {
-  TORCH_CHECK(input_in.dim() == 4 && output_in.dim() == 4 && grad_in.sizes() == output_in.sizes(),
-              "max_pool2d_backward_from_output: expects 4-D input and output with grad shaped like the output");
+  check_max_pool_backward_args(grad_in, input_in, output_in, kernel_size, stride, padding);
   const auto input = input_in.contiguous(), output = output_in.contiguous(), grad = grad_in.contiguous();
   auto grad_input = at::zeros_like(input, at::MemoryFormat::Contiguous);
   const int64_t planes = input.size(0) * input.size(1), H = input.size(2), W = input.size(3);
@@ -324,6 +390,7 @@ at::Tensor max_pool2d_backward_from_output_cpu(const at::Tensor& grad_in, const 
 }
 
 std::tuple<at::Tensor, at::Tensor> batch_norm_stats_cpu(const at::Tensor& x_in) {
+  check_batch_norm_input(x_in, "batch_norm_stats");
   const auto x = x_in.contiguous();
   const auto s = layout_of(x);
   auto [mean, var] = channel_stats_cpu(x, s);
@@ -334,8 +401,8 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_stats_cpu(const at::Tensor& x_in) 
 // grad_x = rstd (gm - sum(gm)/n - xhat sum(gm xhat)/n), with fixed ones grad_x = rstd gm.
 at::Tensor batch_norm_relu_backward_cpu(const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& mean,
                                         const at::Tensor& var, bool training, double eps) {
+  check_batch_norm_relu_backward_args(grad_in, x_in, mean, var);
   const auto x = x_in.contiguous(), grad = grad_in.contiguous();
-  TORCH_CHECK(grad.sizes() == x.sizes(), "batch_norm_relu_backward: grad and x must have the same shape");
   const auto s = layout_of(x);
   const int64_t C = s.channels;
   const auto md = mean.to(at::kDouble).contiguous(), rd = (var.to(at::kDouble) + eps).rsqrt().contiguous();
@@ -391,11 +458,23 @@ at::Tensor batch_norm_relu_backward_cpu(const at::Tensor& grad_in, const at::Ten
 at::Tensor depthwise_conv2d_weight_grad_cpu(const at::Tensor& grad_in, const at::Tensor& input_in,
                                             at::IntArrayRef kernel_size, at::IntArrayRef stride,
                                             at::IntArrayRef padding, at::IntArrayRef dilation) {
+  constexpr const char* op = "depthwise_conv2d_weight_grad";
   TORCH_CHECK(input_in.dim() == 4 && grad_in.dim() == 4 && grad_in.size(0) == input_in.size(0) &&
                   grad_in.size(1) == input_in.size(1),
-              "depthwise_conv2d_weight_grad: expects 4-D input (N, C, H, W) and grad (N, C, OH, OW)");
-  TORCH_CHECK(kernel_size.size() == 2 && stride.size() == 2 && padding.size() == 2 && dilation.size() == 2,
-              "depthwise_conv2d_weight_grad: kernel_size, stride, padding and dilation need two entries each");
+              op, ": expects 4-D input (N, C, H, W) and grad (N, C, OH, OW) with the same batch and channels, got ",
+              input_in.sizes(), " and ", grad_in.sizes());
+  check_same_kind(grad_in, input_in, op, "grad");
+  TORCH_CHECK(kernel_size.size() == 2 && stride.size() == 2 && padding.size() == 2 && dilation.size() == 2, op,
+              ": kernel_size, stride, padding and dilation need two entries each");
+  for (int i = 0; i < 2; ++i) {
+    TORCH_CHECK(kernel_size[i] > 0 && stride[i] > 0 && dilation[i] > 0 && padding[i] >= 0, op,
+                ": needs kernel_size, stride and dilation above 0 and padding at least 0, got ", kernel_size, ", ",
+                stride, ", ", dilation, ", ", padding);
+    const int64_t span = input_in.size(2 + i) + 2 * padding[i] - dilation[i] * (kernel_size[i] - 1) - 1;
+    const int64_t expected = span >= 0 ? span / stride[i] + 1 : 0;
+    TORCH_CHECK(grad_in.size(2 + i) == expected, op, ": grad ", grad_in.sizes(), " is not what the convolution of ",
+                input_in.sizes(), " gives (", expected, " along dim ", 2 + i, ")");
+  }
   const auto input = input_in.contiguous(), grad = grad_in.contiguous();
   const int64_t N = input.size(0), C = input.size(1), H = input.size(2), W = input.size(3);
   const int64_t OH = grad.size(2), OW = grad.size(3), KH = kernel_size[0], KW = kernel_size[1];

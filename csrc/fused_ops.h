@@ -55,8 +55,18 @@ std::pair<at::Tensor, at::Tensor> mixed_sum_forward_coefficients(const at::Tenso
 // each sample's (C, ...) block contiguous (a channel slice of a contiguous (N, C', ...) cell output qualifies).
 int64_t sample_stride(const at::Tensor& out, const at::Tensor& x0);
 
-// grad must be shaped like the inputs.
-void check_mixed_sum_grad(const at::Tensor& grad, const at::Tensor& x0);
+// mixed_sum_backward's grad (shaped, typed and placed like the inputs) and statistics ((K, C), on their device).
+void check_mixed_sum_backward_args(const at::Tensor& grad, const at::Tensor& x0, const at::Tensor& mean,
+                                   const at::Tensor& var, int64_t K);
+
+// Argument checks of the other kernels (the CPU and CUDA ones alike): shapes, dtypes and devices, as ATen checks
+// them, so that no kernel reads or writes outside its tensors.
+void check_same_kind(const at::Tensor& t, const at::Tensor& like, const char* op, const char* name);
+void check_max_pool_backward_args(const at::Tensor& grad, const at::Tensor& input, const at::Tensor& output,
+                                  at::IntArrayRef kernel_size, at::IntArrayRef stride, at::IntArrayRef padding);
+void check_batch_norm_input(const at::Tensor& x, const char* op);
+void check_batch_norm_relu_backward_args(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& mean,
+                                         const at::Tensor& var);
 
 // Coefficients of the backward pass, float64 on S's device, from the channel sums S_c = sum g, T_kc = sum g x_k:
 //   dw_k = sum_c rstd_kc (T_kc - mean_kc S_c)

@@ -100,34 +100,16 @@ def _channel_sums(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return partial.double().sum(2)
 
 
-def _check(x, w, normalize):
-    if not x:
-        raise ValueError("mixed_sum: needs at least one input tensor")
-    if w.dim() != 1 or w.shape[0] != len(x) or len(normalize) != len(x):
-        raise ValueError(f"mixed_sum: needs one weight and one normalize flag per input, got {tuple(w.shape)} and "
-                         f"{len(normalize)} for {len(x)} inputs")
-    if any(t.shape != x[0].shape for t in x):
-        raise ValueError("mixed_sum: all inputs must have the same shape")
-
-
-def _sample_stride(out: torch.Tensor, x0: torch.Tensor) -> int:
-    """The distance between samples of out, whose per-sample (C, ...) blocks must be contiguous."""
-    if out.shape != x0.shape or out.dtype != x0.dtype or out.device != x0.device:
-        raise ValueError(f"mixed_sum_into: out must have the inputs' shape, dtype and device, got {tuple(out.shape)} "
-                         f"for {tuple(x0.shape)}")
+def _sample_stride(out: torch.Tensor) -> int:
+    """The distance between samples of out, whose per-sample (C, ...) blocks are contiguous (the caller checked)."""
     N, C, inner = _layout(out)
-    if out.is_contiguous():
-        return C * inner
-    if out.dim() < 2 or not out[0].is_contiguous() or out.stride(0) < C * inner:
-        raise ValueError("mixed_sum_into: out must hold each sample's (C, ...) block contiguously, as a channel "
-                         "slice of a contiguous tensor does")
-    return out.stride(0)
+    return C * inner if out.is_contiguous() else out.stride(0)
 
 
 def mixed_sum_into(x, w, normalize, running_mean, running_var, training, eps, y):
-    """Writes the sum into y (shaped like x[0]; each sample's (C, ...) block contiguous); returns (mean, var)."""
-    _check(x, w, normalize)
-    y_stride = _sample_stride(y, x[0])
+    """Writes the sum into y (shaped like x[0]; each sample's (C, ...) block contiguous); returns (mean, var).
+    The arguments are checked by the caller (stacnas.fused.checks)."""
+    y_stride = _sample_stride(y)
     x = [t.contiguous() for t in x]
     N, C, inner = _layout(x[0])
     K = len(x)
@@ -140,8 +122,6 @@ def mixed_sum_into(x, w, normalize, running_mean, running_var, training, eps, y)
             mean[k] = sums[0] / count
             var[k] = (sums[1] / count - mean[k] ** 2).clamp_min(0)
         else:
-            if running_mean is None or running_var is None:
-                raise ValueError("mixed_sum: eval mode with normalized inputs needs running_mean and running_var")
             mean[k], var[k] = running_mean[k], running_var[k]
     rstd = _rstd(var, normalize, eps)
     a = w.double().view(K, 1) * rstd

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from . import fused
 from .names import KERNEL_CHOICES, MEMORY_MODES
 from .nn import Supernet
-from .runtime.config import option
+from .runtime.config import SEED_MAX, check, option
 from .runtime.distributed import device_for
 from .spaces import load_space
 
@@ -70,25 +70,24 @@ class _PeakRSS:
 @dataclass
 class BenchConfig:
     space: str = option("darts", "search space", "supernet")
-    channels: int = option(16, "initial channels C", "supernet")
-    layers: int = option(8, "cells", "supernet")
-    image_size: int = option(32, "input height and width", "supernet")
-    num_classes: int = option(10, "classes", "supernet")
-    batch_size: int = option(16, "batch of the timed steps", "measurement")
-    repeats: int = option(7, "timed steps per mode after the warm-up", "measurement")
-    warmup: int = option(1, "untimed steps per mode first", "measurement")
+    channels: int = option(16, "initial channels C", "supernet", at_least=1)
+    layers: int = option(8, "cells", "supernet", at_least=3)
+    image_size: int = option(32, "input height and width", "supernet", at_least=1)
+    num_classes: int = option(10, "classes", "supernet", at_least=1)
+    batch_size: int = option(16, "batch of the timed steps", "measurement", at_least=2)
+    repeats: int = option(7, "timed steps per mode after the warm-up", "measurement", at_least=1)
+    warmup: int = option(1, "untimed steps per mode first", "measurement", at_least=0)
     modes: tuple = option(MEMORY_MODES, "memory modes to compare", "measurement", nargs="+",
                           choices=list(MEMORY_MODES))
     kernels: str = option("auto", "backend of the fused ops", "measurement", choices=list(KERNEL_CHOICES))
     budget_gib: float = option(16.0, "on CUDA, report the largest batch whose peak memory fits this budget",
-                               "measurement")
-    seed: int = option(0, "seed of the weights, α and the batch", "measurement")
+                               "measurement", above=0.0)
+    seed: int = option(0, "seed of the weights, α and the batch", "measurement", at_least=0, at_most=SEED_MAX)
     device: str = option("auto", "cpu, cuda or auto", "run")
-    threads: int = option(0, "CPU threads (0: torch's default)", "run")
+    threads: int = option(0, "CPU threads (0: torch's default)", "run", at_least=0)
 
     def validate(self):
-        if self.batch_size < 2 or self.repeats < 1 or self.warmup < 0 or self.threads < 0:
-            raise ValueError("batch-size must be at least 2, repeats at least 1, warmup and threads at least 0")
+        check(self)
 
 
 def _model(cfg: BenchConfig, mode: str, device) -> Supernet:

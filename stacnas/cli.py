@@ -1,4 +1,5 @@
-"""The `stacnas` command line. Every user error ends in one line on stderr and exit code 2, never a traceback."""
+"""The `stacnas` command line. stacnas' own errors end in one line on stderr and their exit code (2: bad input,
+3: a diverged run, 130/143: interrupted and checkpointed); anything else is a bug and ends in a traceback (exit 1)."""
 from __future__ import annotations
 
 import argparse
@@ -6,14 +7,13 @@ import json
 import sys
 
 from . import genotypes
-from .data import DataError
-
-
-class UsageError(ValueError):
-    """Bad input from the user; main() prints it as one line and exits with 2."""
+from .errors import StacnasError, UsageError
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, allow_abbrev=False, **kwargs)  # --epoch is not --epochs
+
     def error(self, message):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
@@ -88,16 +88,22 @@ def _cmd_run(args) -> int:
     """Search, then train the found cell: <out>/search and <out>/train."""
     from pathlib import Path
 
+    from .data import datasets
     from .runtime.config import resolve
-    from .runtime.run_dir import prepare_out_dir
+    from .runtime.run_dir import check_out_dir
     from .search import SearchConfig, run_search
     from .train import TrainConfig, run_train
+    from .train.trainer import network_kind
 
     shared = {k: getattr(args, k) for k in ("dataset", "data_root", "device", "seed", "limit")}
     search_cfg = resolve(SearchConfig, "search", args.preset, args.search_config, shared)
     train_preset = {"paper": "cifar"}.get(args.preset, args.preset)
     train_cfg = resolve(TrainConfig, "train", train_preset, args.train_config, shared)
-    out = prepare_out_dir(args.out, args.force)
+    out = check_out_dir(args.out, args.force)
+    # the training's data and network are checked now, not after the search
+    _, _, info = datasets(train_cfg.dataset, train_cfg.data_root, augment=False, download=train_cfg.download,
+                          image_size=train_cfg.image_size or None)
+    network_kind(train_cfg, info)
     run_search(search_cfg, str(out / "search"), force=args.force)
     train_cfg.genotype = str(Path(out) / "search" / "genotype.json")
     run_train(train_cfg, str(out / "train"), force=args.force)
@@ -226,17 +232,25 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line(err: Exception) -> str:
+    """The error's message. A data-loading worker's error comes back as "Caught X in DataLoader worker process N"
+    and the worker's traceback: its own message is then the traceback's last line."""
+    lines = str(err).strip().splitlines() or [type(err).__name__]
+    if "Original Traceback" in str(err):
+        return lines[-1].split(": ", 1)[-1]
+    return lines[0]
+
+
 def main(argv=None) -> int:
     parser = build_parser()
+    args = None
     try:
         args = parser.parse_args(argv)
         return args.func(args)
-    except (UsageError, DataError, ValueError, RuntimeError, FileNotFoundError, FileExistsError,
-            NotADirectoryError) as err:
-        message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        prog = f"stacnas {getattr(args, 'command', '')}".strip() if "args" in locals() else "stacnas"
-        print(f"{prog}: error: {message}", file=sys.stderr)
-        return 2
+    except StacnasError as err:
+        prog = f"stacnas {args.command}" if args is not None else "stacnas"
+        print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
+        return err.exit_code
     except KeyboardInterrupt:
         print("stacnas: interrupted", file=sys.stderr)
         return 130

@@ -10,7 +10,9 @@ split is always the dataset's own test set (or, for digits, a fixed held-out 300
 from __future__ import annotations
 
 import gzip
+import math
 import pickle
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
 from torchvision.transforms import v2
+
+from .errors import UsageError
 
 DATASETS = ("digits", "fashion-mnist", "cifar10", "cifar100", "imagenet", "folder")
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -36,7 +40,7 @@ _CIFAR = {
 _IMAGENET_MEAN, _IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-class DataError(ValueError):
+class DataError(UsageError):
     """A dataset that is missing or malformed; the message says where it looked and how to get the data."""
 
 
@@ -93,13 +97,16 @@ def tensor_transforms(mean, std, size, pad, flip, augment, cutout=0):
 
 def read_idx(path: Path) -> np.ndarray:
     """An IDX file (MNIST format), gzipped or not."""
-    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    except (OSError, EOFError, zlib.error) as err:
+        raise DataError(f"{path} cannot be read{' as gzip' if path.suffix == '.gz' else ''} ({err})") from None
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08 or len(raw) < 4 + 4 * raw[3]:
         raise DataError(f"{path} is not an IDX file of unsigned bytes")
     ndim = raw[3]
     dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
     data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
-    if data.size != int(np.prod(dims)):
+    if data.size != math.prod(dims):
         raise DataError(f"{path}: header says {dims} but holds {data.size} values")
     return data.reshape(dims)
 
@@ -200,6 +207,16 @@ def _cifar(name, root, augment, cutout, download):
             DataInfo(name, spec["classes"], 3, 32))
 
 
+def _read_image(path: str):
+    """An image file as RGB; a file that is not a readable image names itself (it is read mid-epoch)."""
+    from torchvision.datasets.folder import default_loader
+
+    try:
+        return default_loader(path)
+    except (OSError, ValueError, SyntaxError) as err:
+        raise DataError(f"{path} is not a readable image ({err}); remove or replace it") from None
+
+
 def _image_folder(name, root, augment, cutout, image_size):
     from torchvision.datasets import ImageFolder
 
@@ -220,9 +237,10 @@ def _image_folder(name, root, augment, cutout, image_size):
                        v2.RandomHorizontalFlip()]
     tail = [Cutout(cutout)] if augment and cutout > 0 else []
     try:
-        train = ImageFolder(str(root / "train"), transform=v2.Compose(train_steps + base + tail))
+        train = ImageFolder(str(root / "train"), transform=v2.Compose(train_steps + base + tail),
+                            loader=_read_image)
         test = ImageFolder(str(test_dir), transform=v2.Compose([v2.Resize(int(size * 8 / 7)), v2.CenterCrop(size)]
-                                                                 + base))
+                                                                 + base), loader=_read_image)
     except (FileNotFoundError, RuntimeError) as err:
         raise DataError(f"{name}: {err}") from None
     if train.classes != test.classes:
@@ -297,7 +315,7 @@ class Loaders:
 def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """Seeded split of range(n) into (train, val); val_fraction=0.5 is DARTS' bi-level split."""
     if not 0.0 <= val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+        raise UsageError(f"val_fraction must be in [0, 1), got {val_fraction}")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
     n_val = int(round(n * val_fraction))
     return order[n_val:], order[:n_val]
@@ -316,6 +334,9 @@ def get_loaders(name="digits", root=None, batch_size=64, val_fraction=0.0, augme
         train = Subset(train, range(min(limit, len(train))))
         test = Subset(test, range(min(limit, len(test))))
     train_idx, val_idx = split_indices(len(train), val_fraction, seed)
+    if not train_idx or (val_fraction > 0 and not val_idx):
+        raise DataError(f"{info.name}: {len(train)} training image(s) are too few to hold {val_fraction:.0%} out "
+                        "for validation; use more (--limit) or one-level search")
     pin = torch.cuda.is_available()
 
     def loader(dataset, sampler):

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import UsageError
+from .files import read_text, write_text
 from .names import CELL_TYPES
 from .ops import OPS
 
@@ -23,17 +25,17 @@ def validate(genotype: Genotype) -> Genotype:
     for cell_type in CELL_TYPES:
         pairs = getattr(genotype, cell_type)
         if not pairs or len(pairs) % 2:
-            raise ValueError(f"genotype: '{cell_type}' needs two (op, input) pairs per node, got {len(pairs)}")
+            raise UsageError(f"genotype: '{cell_type}' needs two (op, input) pairs per node, got {len(pairs)}")
         for i, (op, inp) in enumerate(pairs):
             if op not in OPS or op == "none":
-                raise ValueError(f"genotype: {cell_type}[{i}] has operation {op!r}, which is not a usable op")
-            if not isinstance(inp, int) or not 0 <= inp < 2 + i // 2:
-                raise ValueError(f"genotype: {cell_type}[{i}] takes input {inp!r}, but node {i // 2} can only "
+                raise UsageError(f"genotype: {cell_type}[{i}] has operation {op!r}, which is not a usable op")
+            if type(inp) is not int or not 0 <= inp < 2 + i // 2:
+                raise UsageError(f"genotype: {cell_type}[{i}] takes input {inp!r}, but node {i // 2} can only "
                                  f"take 0..{1 + i // 2}")
         concat = getattr(genotype, cell_type + "_concat")
         nodes = len(pairs) // 2
-        if not concat or any(not isinstance(c, int) or not 0 <= c < 2 + nodes for c in concat):
-            raise ValueError(f"genotype: '{cell_type}_concat' must list states in 0..{1 + nodes}, got {concat!r}")
+        if not concat or any(type(c) is not int or not 0 <= c < 2 + nodes for c in concat):
+            raise UsageError(f"genotype: '{cell_type}_concat' must list states in 0..{1 + nodes}, got {concat!r}")
     return genotype
 
 
@@ -58,13 +60,15 @@ def to_dict(genotype: Genotype) -> dict:
 
 
 def from_dict(data: dict) -> Genotype:
+    if not isinstance(data, dict):
+        raise UsageError(f"genotype JSON must be an object with {', '.join(_FIELDS)}, got {type(data).__name__}")
     missing = [f for f in _FIELDS if f not in data]
     if missing:
-        raise ValueError(f"genotype JSON lacks {', '.join(missing)}")
+        raise UsageError(f"genotype JSON lacks {', '.join(missing)}")
     try:
         return _normalize(*(data[f] for f in _FIELDS))
     except (TypeError, ValueError) as err:
-        raise ValueError(f"genotype JSON: {err}") from None
+        raise UsageError(f"genotype JSON: {err}") from None
 
 
 # ---- DARTS text form ---------------------------------------------------------------------------------------
@@ -75,7 +79,7 @@ def to_text(genotype: Genotype) -> str:
                          reduce=[tuple(p) for p in genotype.reduce], reduce_concat=list(genotype.reduce_concat)))
 
 
-class _TextError(ValueError):
+class _TextError(UsageError):
     def __init__(self, node, message):
         super().__init__(f"malformed genotype text at line {node.lineno}, column {node.col_offset + 1}: {message}")
 
@@ -96,13 +100,17 @@ def _parse_pairs(node):
     return pairs
 
 
-def _parse_concat(node):
+def _parse_concat(node, states: int):
+    """The concat list; `states` bounds a range before it is expanded (range(2, 10**18) must not fill memory)."""
     if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "range":
         args = node.args
         if node.keywords or not 1 <= len(args) <= 2 or not all(
                 isinstance(a, ast.Constant) and type(a.value) is int for a in args):
             raise _TextError(node, "range() takes one or two integer literals here")
-        return list(range(*(a.value for a in args)))
+        bounds = range(*(a.value for a in args))
+        if bounds and not 0 <= bounds.start <= bounds.stop - 1 < states:
+            raise _TextError(node, f"range() must stay within the cell's states 0..{states - 1}")
+        return list(bounds)
     if isinstance(node, (ast.List, ast.Tuple)):
         if not all(isinstance(e, ast.Constant) and type(e.value) is int for e in node.elts):
             raise _TextError(node, "expected a list of integers")
@@ -116,7 +124,7 @@ def parse_text(text: str) -> Genotype:
     try:
         tree = ast.parse(text, mode="eval")
     except SyntaxError as err:
-        raise ValueError(f"malformed genotype text at line {err.lineno}, column {err.offset}: {err.msg}") from None
+        raise UsageError(f"malformed genotype text at line {err.lineno}, column {err.offset}: {err.msg}") from None
     call = tree.body
     if not (isinstance(call, ast.Call) and isinstance(call.func, (ast.Name, ast.Attribute))
             and (getattr(call.func, "id", None) or call.func.attr) == "Genotype"):
@@ -131,7 +139,9 @@ def parse_text(text: str) -> Genotype:
     missing = [f for f in _FIELDS if f not in values]
     if missing:
         raise _TextError(call, f"missing {', '.join(missing)}")
-    parsed = {f: (_parse_concat if f.endswith("concat") else _parse_pairs)(values[f]) for f in _FIELDS}
+    parsed = {f: _parse_pairs(values[f]) for f in ("normal", "reduce")}
+    for cell_type in CELL_TYPES:
+        parsed[f"{cell_type}_concat"] = _parse_concat(values[f"{cell_type}_concat"], 2 + len(parsed[cell_type]) // 2)
     return _normalize(**parsed)
 
 
@@ -168,10 +178,8 @@ KNOWN = {"DARTS_V1": DARTS_V1, "DARTS_V2": DARTS_V2, "DARTS": DARTS_V2, "PDARTS"
 def save(genotype: Genotype, path: str | Path) -> None:
     """Writes JSON for a .json path, else the DARTS text form."""
     path = Path(path)
-    if path.suffix == ".json":
-        path.write_text(json.dumps(to_dict(genotype), indent=2) + "\n")
-    else:
-        path.write_text(to_text(genotype) + "\n")
+    text = json.dumps(to_dict(genotype), indent=2) if path.suffix == ".json" else to_text(genotype)
+    write_text(path, text + "\n")
 
 
 def load(spec: str) -> Genotype:
@@ -182,14 +190,14 @@ def load(spec: str) -> Genotype:
         return parse_text(spec)
     path = Path(spec)
     if not path.is_file():
-        raise ValueError(f"genotype {spec!r} is neither a known name ({', '.join(KNOWN)}), a file, "
+        raise UsageError(f"genotype {spec!r} is neither a known name ({', '.join(KNOWN)}), a file, "
                          "nor DARTS text 'Genotype(normal=[...], ...)'")
-    text = path.read_text()
+    text = read_text(path, "genotype file")
     if path.suffix == ".json":
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
-            raise ValueError(f"genotype file {path}: not valid JSON ({err})") from None
+            raise UsageError(f"genotype file {path}: not valid JSON ({err})") from None
         return from_dict(data)
     return parse_text(text)
 
@@ -221,7 +229,7 @@ def derive_cell(weights: torch.Tensor, edge_ops: list[tuple[str, ...]], nodes: i
             if found is not None:
                 best.append((found[0], inp, found[1]))
         if len(best) < 2:
-            raise ValueError(f"node {node} has fewer than 2 incoming edges with an op other than 'none'")
+            raise UsageError(f"node {node} has fewer than 2 incoming edges with an op other than 'none'")
         best.sort(key=lambda b: -b[0])
         gene.extend((op, inp) for _, inp, op in best[:2])
         start += 2 + node

@@ -10,6 +10,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .errors import UsageError
+
 # DARTS' order: α columns of the `darts` space follow it.
 PRIMITIVES = (
     "none",
@@ -114,7 +116,7 @@ class FactorizedReduce(nn.Module):
     def __init__(self, C_in, C_out, affine=True):
         super().__init__()
         if C_out % 2:
-            raise ValueError(f"FactorizedReduce needs an even number of output channels, got {C_out}")
+            raise UsageError(f"FactorizedReduce needs an even number of output channels, got {C_out}")
         self.relu = nn.ReLU(inplace=False)
         self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, padding=0, bias=False)
         self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, padding=0, bias=False)
@@ -145,7 +147,7 @@ OPS = {
 
 def check_primitive(name: str) -> str:
     if name not in OPS:
-        raise ValueError(f"unknown operation {name!r}; known: {', '.join(sorted(OPS))}")
+        raise UsageError(f"unknown operation {name!r}; known: {', '.join(sorted(OPS))}")
     return name
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import yaml
 
+from .errors import UsageError
+from .files import read_text
 from .names import CELL_TYPES
 from .ops import OPS, PRIMITIVES
 
@@ -30,15 +32,15 @@ class Clusters:
 
     def __post_init__(self):
         if len(self.groups) != len(self.representatives):
-            raise ValueError("clusters: one representative per cluster is needed")
+            raise UsageError("clusters: one representative per cluster is needed")
         for group, rep in zip(self.groups, self.representatives):
             if rep not in group:
-                raise ValueError(f"clusters: representative {rep!r} is not in its cluster {list(group)}")
+                raise UsageError(f"clusters: representative {rep!r} is not in its cluster {list(group)}")
         flat = [op for g in self.groups for op in g]
         if "none" in flat:
-            raise ValueError("clusters: 'none' stands alone and is added to every edge by the search; leave it out")
+            raise UsageError("clusters: 'none' stands alone and is added to every edge by the search; leave it out")
         if len(flat) != len(set(flat)):
-            raise ValueError("clusters: an operation appears in more than one cluster")
+            raise UsageError("clusters: an operation appears in more than one cluster")
 
     def cluster_of(self, op: str) -> int:
         for i, group in enumerate(self.groups):
@@ -55,7 +57,7 @@ class Clusters:
         ops = [op for op in ops if op != "none"]
         uncovered = [op for op in ops if op != "noise" and all(op not in g for g in self.groups)]
         if uncovered:
-            raise ValueError(f"the clusters do not cover {uncovered}; use --clusters auto to compute them")
+            raise UsageError(f"the clusters do not cover {uncovered}; use --clusters auto to compute them")
         groups, reps = [], []
         for group, rep in zip(self.groups, self.representatives):
             present = tuple(op for op in group if op in ops)
@@ -72,13 +74,16 @@ class Clusters:
         """From {"groups": [[op, ...], ...], "representatives": [op, ...]} (representatives optional: first
         members); other keys, such as the correlation matrices of an automatic clustering, are ignored."""
         groups = data.get("groups") if isinstance(data, dict) else None
-        if not isinstance(groups, list) or not all(isinstance(g, list) and g for g in groups):
-            raise ValueError(f"{where}: expected 'groups', a list of non-empty lists of op names")
+        if not isinstance(groups, list) or not all(isinstance(g, list) and g and all(isinstance(op, str) for op in g)
+                                                   for g in groups):
+            raise UsageError(f"{where}: expected 'groups', a list of non-empty lists of op names")
         reps = data.get("representatives") or [g[0] for g in groups]
+        if not isinstance(reps, list) or not all(isinstance(op, str) for op in reps):
+            raise UsageError(f"{where}: expected 'representatives', a list of op names")
         try:
             return cls(tuple(tuple(g) for g in groups), tuple(reps))
         except ValueError as err:
-            raise ValueError(f"{where}: {err}") from None
+            raise UsageError(f"{where}: {err}") from None
 
 
 # The clustering StacNAS' reference code hard-coded for the DARTS ops (DESIGN.md §1).
@@ -110,7 +115,7 @@ class SearchSpace:
         if self.clusters is not None:
             outside = [op for g in self.clusters.groups for op in g if op not in self.ops()]
             if outside:
-                raise ValueError(f"space {self.name!r}: clustered operations {outside} are not in the space")
+                raise UsageError(f"space {self.name!r}: clustered operations {outside} are not in the space")
 
     def is_per_edge(self, cell_type: str) -> bool:
         spec = getattr(self, cell_type)
@@ -119,17 +124,29 @@ class SearchSpace:
     def edge_ops(self, cell_type: str, nodes: int = 4) -> list[tuple[str, ...]]:
         """The op list of every edge of a cell with `nodes` intermediate nodes."""
         if cell_type not in CELL_TYPES:
-            raise ValueError(f"cell type must be one of {CELL_TYPES}, got {cell_type!r}")
+            raise UsageError(f"cell type must be one of {CELL_TYPES}, got {cell_type!r}")
         spec = getattr(self, cell_type)
         edges = num_edges(nodes)
         if not self.is_per_edge(cell_type):
             return [tuple(spec)] * edges
         if len(spec) != edges:
-            raise ValueError(
+            raise UsageError(
                 f"space {self.name!r} lists {len(spec)} {cell_type} edges, but a cell with {nodes} nodes has "
                 f"{edges}; use nodes={_nodes_for(len(spec))} or one op list for all edges"
             )
         return [tuple(ops) for ops in spec]
+
+    def check_cells(self, nodes: int) -> None:
+        """Both cells fit `nodes` nodes, and each node can keep two incoming edges holding an op other than `none`
+        (what deriving a cell needs)."""
+        for cell_type in CELL_TYPES:
+            edge_ops, offset = self.edge_ops(cell_type, nodes), 0
+            for node in range(nodes):
+                usable = sum(any(op != "none" for op in edge_ops[offset + i]) for i in range(2 + node))
+                if usable < 2:
+                    raise UsageError(f"space {self.name!r}: node {node} of the {cell_type} cell has {usable} incoming "
+                                     "edge(s) with an operation other than none; a cell needs two per node")
+                offset += 2 + node
 
     def ops(self) -> list[str]:
         """Every op that appears anywhere in the space, in DARTS order first, then first appearance."""
@@ -161,12 +178,12 @@ def _nodes_for(edges: int) -> str:
 
 def _check_op_list(ops, where: str) -> None:
     if isinstance(ops, str) or not ops:
-        raise ValueError(f"{where}: an edge needs a non-empty list of operations")
+        raise UsageError(f"{where}: an edge needs a non-empty list of operations")
     for op in ops:
-        if op not in OPS:
-            raise ValueError(f"{where}: unknown operation {op!r}; known: {', '.join(sorted(OPS))}")
+        if not isinstance(op, str) or op not in OPS:
+            raise UsageError(f"{where}: unknown operation {op!r}; known: {', '.join(sorted(OPS))}")
     if len(set(ops)) != len(ops):
-        raise ValueError(f"{where}: an operation is listed twice on one edge: {list(ops)}")
+        raise UsageError(f"{where}: an operation is listed twice on one edge: {list(ops)}")
 
 
 _MAX, _AVG, _SKIP = "max_pool_3x3", "avg_pool_3x3", "skip_connect"
@@ -202,40 +219,45 @@ BUILTIN_SPACES = {
 
 def space_from_dict(data: dict, default_name: str = "custom") -> SearchSpace:
     if not isinstance(data, dict):
-        raise ValueError("a space file must hold a mapping with keys 'normal' and 'reduce'")
+        raise UsageError("a space file must hold a mapping with keys 'normal' and 'reduce'")
     unknown = set(data) - {"name", *CELL_TYPES, "clusters", "representatives"}
     if unknown:
-        raise ValueError(f"space file: unknown keys {sorted(unknown)}; allowed: name, normal, reduce, clusters, "
-                         "representatives")
+        raise UsageError(f"space file: unknown keys {sorted(map(str, unknown))}; allowed: name, normal, reduce, "
+                         "clusters, representatives")
     specs = {}
     for cell_type in CELL_TYPES:
         spec = data.get(cell_type)
         if not isinstance(spec, list) or not spec:
-            raise ValueError(f"space file: '{cell_type}' must be a list of op names or a list of such lists")
+            raise UsageError(f"space file: '{cell_type}' must be a list of op names or a list of such lists")
         per_edge = all(isinstance(e, list) for e in spec)
         if not per_edge and not all(isinstance(e, str) for e in spec):
-            raise ValueError(f"space file: '{cell_type}' mixes op names and op lists")
+            raise UsageError(f"space file: '{cell_type}' mixes op names and op lists")
         specs[cell_type] = tuple(tuple(e) for e in spec) if per_edge else tuple(spec)
     clusters = None
     if "clusters" in data:
-        groups = tuple(tuple(g) for g in data["clusters"])
-        reps = tuple(data.get("representatives") or [g[0] for g in groups])
-        clusters = Clusters(groups, reps)
+        clusters = Clusters.from_dict({"groups": data["clusters"], "representatives": data.get("representatives")},
+                                      "space file: clusters")
     return SearchSpace(str(data.get("name", default_name)), specs["normal"], specs["reduce"], clusters)
 
 
-def load_space(spec: str) -> SearchSpace:
-    """A built-in space by name (`darts`, `s1`..`s4`) or a user space from a .yaml/.yml/.json file."""
+def load_space(spec) -> SearchSpace:
+    """A built-in space by name (`darts`, `s1`..`s4`), a user space from a .yaml/.yml/.json file, or the mapping
+    such a file holds."""
+    if isinstance(spec, dict):
+        return space_from_dict(spec)
+    if not isinstance(spec, (str, Path)):
+        raise UsageError(f"a search space is a name ({', '.join(BUILTIN_SPACES)}), a file path or a mapping, "
+                         f"got {type(spec).__name__}")
     if spec in BUILTIN_SPACES:
         return BUILTIN_SPACES[spec]
     path = Path(spec)
     if not path.is_file():
-        raise ValueError(f"unknown search space {spec!r}: use one of {', '.join(BUILTIN_SPACES)} "
+        raise UsageError(f"unknown search space {str(spec)!r}: use one of {', '.join(BUILTIN_SPACES)} "
                          "or the path of a YAML/JSON space file")
-    text = path.read_text()
+    text = read_text(path, "space file")
     try:
         data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise ValueError(f"space file {path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
+        raise UsageError(f"space file {path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: "
                          f"{str(err).splitlines()[0]}") from None
     return space_from_dict(data, default_name=path.stem)

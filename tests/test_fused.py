@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from stacnas import fused
+from stacnas.errors import UsageError
 from stacnas.fused import compiled_backend, registry
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -240,7 +241,7 @@ def test_backend_choice(monkeypatch):
         fused.default_backend()
     if compiled_backend.LOAD_ERROR is None:
         message = "cannot run on cpu tensors" if compiled_backend.cuda_built() else "built without CUDA kernels"
-        with pytest.raises(RuntimeError, match=message):
+        with pytest.raises(UsageError, match=message):
             fused.resolve_backend("cuda", torch.device("cpu"))
     with pytest.raises(ValueError, match="unknown kernel backend 'reference'"):
         fused.resolve_backend("reference", torch.device("cpu"))
@@ -256,7 +257,7 @@ def test_a_backend_without_an_op_leaves_it_to_one_that_has_it():
 
 def test_triton_on_cpu_needs_the_interpreter(monkeypatch):
     monkeypatch.setitem(os.environ, "TRITON_INTERPRET", "0")
-    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+    with pytest.raises(UsageError, match="TRITON_INTERPRET=1"):
         fused.resolve_backend("triton", torch.device("cpu"))
 
 

@@ -7,6 +7,7 @@ import torch
 import torch.multiprocessing as mp
 
 from stacnas import genotypes, train
+from stacnas.errors import UsageError
 from stacnas.genotypes import DARTS_V2, Genotype
 from stacnas.train import TrainConfig, count_macs, count_parameters_m, drop_path_at, run_eval, run_train, trainer
 from stacnas.train.network import NetworkCIFAR, NetworkImageNet
@@ -151,7 +152,7 @@ def test_export_gives_the_same_outputs(tmp_path, fmt):
     loaded = torch.export.load(str(path)).module() if fmt == "export" else torch.jit.load(str(path))
     with torch.no_grad():
         torch.testing.assert_close(loaded(x), net(x)[0], rtol=1e-5, atol=1e-5)
-    with pytest.raises(FileExistsError):
+    with pytest.raises(UsageError, match="already exists"):
         train.export(str(tmp_path / "run" / "model.pt"), str(path), fmt)
 
 

@@ -178,8 +178,8 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_sum_backward_cuda(
   const auto s = check_mixed_sum_args(x, w, normalize);
   const c10::cuda::CUDAGuard guard(w.device());
   const auto grad = grad_in.contiguous();
-  check_mixed_sum_grad(grad, x[0]);
   const int K = static_cast<int>(x.size());
+  check_mixed_sum_backward_args(grad, x[0], mean, var, K);
   const int64_t C = s.channels;
   const auto sums = channel_sums(grad, x, s);
   const auto coef = mixed_sum_backward_coefficients(sums[0], sums.narrow(0, 1, K), w, normalize, mean, var, training,
@@ -254,8 +254,7 @@ __global__ void max_pool_backward_kernel(const scalar_t* __restrict__ g, const s
 at::Tensor max_pool2d_backward_from_output_cuda(const at::Tensor& grad_in, const at::Tensor& input_in,
                                                 const at::Tensor& output_in, at::IntArrayRef kernel_size,
                                                 at::IntArrayRef stride, at::IntArrayRef padding) {
-  TORCH_CHECK(input_in.dim() == 4 && output_in.dim() == 4 && grad_in.sizes() == output_in.sizes(),
-              "max_pool2d_backward_from_output: expects 4-D input and output with grad shaped like the output");
+  check_max_pool_backward_args(grad_in, input_in, output_in, kernel_size, stride, padding);
   const c10::cuda::CUDAGuard guard(input_in.device());
   const auto input = input_in.contiguous(), output = output_in.contiguous(), grad = grad_in.contiguous();
   auto grad_input = at::empty_like(input, at::MemoryFormat::Contiguous);
@@ -273,6 +272,7 @@ at::Tensor max_pool2d_backward_from_output_cuda(const at::Tensor& grad_in, const
 }
 
 std::tuple<at::Tensor, at::Tensor> batch_norm_stats_cuda(const at::Tensor& x_in) {
+  check_batch_norm_input(x_in, "batch_norm_stats");
   const c10::cuda::CUDAGuard guard(x_in.device());
   const auto x = x_in.contiguous();
   const auto s = layout_of(x);
@@ -321,9 +321,9 @@ __global__ void batch_norm_relu_grad_kernel(const scalar_t* __restrict__ g, cons
 
 at::Tensor batch_norm_relu_backward_cuda(const at::Tensor& grad_in, const at::Tensor& x_in, const at::Tensor& mean,
                                          const at::Tensor& var, bool training, double eps) {
+  check_batch_norm_relu_backward_args(grad_in, x_in, mean, var);
   const c10::cuda::CUDAGuard guard(x_in.device());
   const auto x = x_in.contiguous(), grad = grad_in.contiguous();
-  TORCH_CHECK(grad.sizes() == x.sizes(), "batch_norm_relu_backward: grad and x must have the same shape");
   const auto s = layout_of(x);
   const int64_t C = s.channels;
   const auto md = mean.to(at::kDouble).contiguous(), rd = (var.to(at::kDouble) + eps).rsqrt().contiguous();

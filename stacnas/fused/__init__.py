@@ -13,13 +13,14 @@ not one).
 `mixed_sum` is differentiable (its autograd is MixedSum, the same for every backend); the other functions are the
 kernels themselves, without autograd: the forward pass `mixed_sum_into`, its backward `mixed_sum_backward`, and the
 pieces the lean supernet computes its ops' backward with. Every function takes `backend` (see stacnas.fused.registry;
-None: STACNAS_KERNELS, else automatic).
+None: STACNAS_KERNELS, else automatic) and checks its arguments first (stacnas.fused.checks).
 """
 from __future__ import annotations
 
 import torch
 from torch.autograd.function import once_differentiable
 
+from . import checks
 from .registry import (OPS, available_backends, default_backend, implementation, op_backends, resolve_backend,
                        unavailable)
 from .torch_backend import reference_mixed_sum
@@ -67,29 +68,34 @@ def mixed_sum(x, w, normalize=None, running_mean=None, running_var=None, trainin
 def mixed_sum_into(x, w, normalize, running_mean, running_var, training, eps, out, backend: str | None = None):
     """(mean, var) of mixed_sum, its y written into `out` (shaped like x[0]; each sample's (C, ...) block contiguous,
     as in a node's channel slice of its cell's output). The forward kernel: no autograd."""
+    checks.mixed_sum(x, w, normalize, running_mean, running_var, training, out)
     return _run("mixed_sum_into", backend, x[0].device, list(x), w, [bool(n) for n in normalize], running_mean,
                 running_var, training, eps, out)
 
 
 def mixed_sum_backward(grad, x, w, normalize, mean, var, training, eps, backend: str | None = None):
     """(grad_x, grad_w) of mixed_sum given the statistics its forward returned."""
+    checks.mixed_sum_backward(grad, x, w, normalize, mean, var)
     return _run("mixed_sum_backward", backend, x[0].device, grad, list(x), w, [bool(n) for n in normalize], mean,
                 var, training, eps)
 
 
 def batch_norm_stats(x: torch.Tensor, backend: str | None = None):
     """(mean, biased var) per channel of x (N, C, ...), without autograd: what BatchNorm normalizes with in training."""
+    checks.batch_norm_stats(x)
     return _run("batch_norm_stats", backend, x.device, x.detach())
 
 
 def batch_norm_relu_backward(grad, x, mean, var, training, eps, backend: str | None = None):
     """Gradient w.r.t. x of ReLU((x - mean) / sqrt(var + eps)), through the batch statistics when training."""
+    checks.batch_norm_relu_backward(grad, x, mean, var)
     return _run("batch_norm_relu_backward", backend, x.device, grad, x, mean, var, training, eps)
 
 
 def max_pool2d_backward_from_output(grad, input, output, kernel_size, stride, padding, backend: str | None = None):
     """Gradient of max_pool2d w.r.t. its input, each window's argmax found by comparing input and output (the
     first maximum in row-major order, or the last NaN, as PyTorch's kernels choose): no indices need be kept."""
+    checks.max_pool2d_backward_from_output(grad, input, output, kernel_size, stride, padding)
     return _run("max_pool2d_backward_from_output", backend, input.device, grad, input, output, kernel_size, stride,
                 padding)
 
@@ -97,5 +103,6 @@ def max_pool2d_backward_from_output(grad, input, output, kernel_size, stride, pa
 def depthwise_conv2d_weight_grad(grad, input, kernel_size, stride, padding, dilation, backend: str | None = None):
     """Weight gradient of conv2d(input, weight, stride, padding, dilation, groups=channels) with one filter per
     channel (the C++ kernel on CPUs: PyTorch's is 5–20× slower than the forward conv there)."""
+    checks.depthwise_conv2d_weight_grad(grad, input, kernel_size, stride, padding, dilation)
     return _run("depthwise_conv2d_weight_grad", backend, input.device, grad, input, kernel_size, stride, padding,
                 dilation)

@@ -18,6 +18,7 @@ import os
 
 import torch
 
+from ..errors import UsageError
 from ..names import KERNEL_BACKENDS, KERNEL_CHOICES
 
 OPS = {
@@ -134,7 +135,7 @@ def default_backend() -> str:
     """The backend STACNAS_KERNELS asks for instead of the automatic choice (auto when unset)."""
     backend = os.environ.get("STACNAS_KERNELS", "auto")
     if backend not in KERNEL_CHOICES:
-        raise ValueError(f"STACNAS_KERNELS={backend!r} is not one of {', '.join(KERNEL_CHOICES)}")
+        raise UsageError(f"STACNAS_KERNELS={backend!r} is not one of {', '.join(KERNEL_CHOICES)}")
     return backend
 
 
@@ -148,9 +149,9 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
     if backend == "auto":
         return next((b for b in _AUTO_ORDER.get(device.type, ()) if unavailable(b, device) is None), "torch")
     if backend not in KERNEL_BACKENDS:
-        raise ValueError(f"unknown kernel backend {backend!r}; choose one of {', '.join(KERNEL_CHOICES)}")
+        raise UsageError(f"unknown kernel backend {backend!r}; choose one of {', '.join(KERNEL_CHOICES)}")
     if (reason := unavailable(backend, device)) is not None:
-        raise RuntimeError(f"kernel backend {backend!r}: {reason}")
+        raise UsageError(f"kernel backend {backend!r}: {reason}")
     return backend
 
 

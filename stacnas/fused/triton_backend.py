@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..kernels import mixed_sum as kernels
+from . import checks
 from .torch_backend import channels
 
 
@@ -13,6 +14,7 @@ from .torch_backend import channels
 def mixed_sum_into(x: list[torch.Tensor], w: torch.Tensor, normalize: list[bool], running_mean: torch.Tensor | None,
                    running_var: torch.Tensor | None, training: bool, eps: float,
                    out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    checks.mixed_sum(x, w, normalize, running_mean, running_var, training, out)
     return kernels.mixed_sum_into(x, w, normalize, running_mean, running_var, training, eps, out)
 
 
@@ -25,6 +27,7 @@ def _(x, w, normalize, running_mean, running_var, training, eps, out):
 def mixed_sum_backward(grad: torch.Tensor, x: list[torch.Tensor], w: torch.Tensor, normalize: list[bool],
                        mean: torch.Tensor, var: torch.Tensor, training: bool,
                        eps: float) -> tuple[list[torch.Tensor], torch.Tensor]:
+    checks.mixed_sum_backward(grad, x, w, normalize, mean, var)
     return kernels.mixed_sum_backward(grad, x, w, normalize, mean, var, training, eps)
 
 

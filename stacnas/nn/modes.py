@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 
 from .. import fused
+from ..errors import UsageError
 from ..names import MEMORY_MODES
 from .cell_output import CellOutput
 from .lean import lean_node, lean_preprocess
@@ -18,7 +19,7 @@ from .recompute import recompute_node
 
 def check_mode(mode: str) -> str:
     if mode not in MEMORY_MODES:
-        raise ValueError(f"unknown memory mode {mode!r}; choose one of {', '.join(MEMORY_MODES)}")
+        raise UsageError(f"unknown memory mode {mode!r}; choose one of {', '.join(MEMORY_MODES)}")
     return mode
 
 

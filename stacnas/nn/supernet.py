@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import genotypes
+from ..errors import UsageError
 from ..names import CELL_TYPES, DEFAULT_MEMORY_MODE
 from ..ops import FactorizedReduce, ReLUConvBN
 from ..spaces import SearchSpace
@@ -65,7 +66,11 @@ class Supernet(nn.Module):
                  kernels: str | None = None):
         super().__init__()
         if layers < 3:
-            raise ValueError(f"a supernet needs at least 3 cells (it has 2 reduction cells), got {layers}")
+            raise UsageError(f"a supernet needs at least 3 cells (it has 2 reduction cells), got {layers}")
+        for name, value in (("C", C), ("nodes", nodes), ("num_classes", num_classes), ("in_channels", in_channels),
+                            ("stem_multiplier", stem_multiplier)):
+            if type(value) is not int or value < 1:
+                raise UsageError(f"Supernet: {name} must be a positive integer, got {value!r}")
         self.space, self.C, self.layers, self.nodes = space, C, layers, nodes
         self.num_classes, self.in_channels = num_classes, in_channels
         self.edge_ops = {t: space.edge_ops(t, nodes) for t in CELL_TYPES}

@@ -7,17 +7,72 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from pathlib import Path
 
 import yaml
 
+from ..errors import UsageError
+from ..files import read_text
+
 PRESET_DIR = Path(__file__).resolve().parent.parent / "presets"
 
 
+_BOUNDS = {"at_least": (lambda v, b: v >= b, "at least"), "above": (lambda v, b: v > b, "above"),
+           "at_most": (lambda v, b: v <= b, "at most"), "below": (lambda v, b: v < b, "below")}
+SEED_MAX = 2**63 - 1  # torch.manual_seed's largest
+
+
 def option(default, help, group: str, **meta):
-    """A configuration field: its default, its --help text, the --help group it is listed in, and argparse extras
-    (choices, type, nargs)."""
+    """A configuration field: its default, its --help text, the --help group it is listed in, argparse extras
+    (choices, type, nargs) and bounds (at_least, above, at_most, below) that check() enforces."""
     return dataclasses.field(default=default, metadata={"help": help, "group": group, **meta})
+
+
+def flag_name(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def _expected_type(f: dataclasses.Field):
+    default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+    return f.metadata.get("type", type(default)), default
+
+
+def _checked_value(name: str, kind, value):
+    """value as the field's type (an int where a float is expected becomes a float), else a UsageError."""
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    words = {int: "an integer", float: "a number", str: "a text", bool: "true or false"}
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise UsageError(f"{flag_name(name)} must be {words.get(kind, kind.__name__)}, got {value!r}")
+    if kind is float and not math.isfinite(value):
+        raise UsageError(f"{flag_name(name)} must be a finite number, got {value!r}")
+    return value
+
+
+def check(config) -> None:
+    """Every field of a configuration dataclass has its type, one of its choices, and lies within its bounds."""
+    for f in dataclasses.fields(config):
+        kind, default = _expected_type(f)
+        value = getattr(config, f.name)
+        if value is None and default is None:
+            continue
+        if isinstance(default, tuple):
+            if not isinstance(value, (tuple, list)) or not value or (
+                    f.metadata.get("nargs") is None and len(value) != len(default)):
+                size = "one or more values" if f.metadata.get("nargs") else f"{len(default)} values"
+                raise UsageError(f"{flag_name(f.name)} must be a list of {size}, got {value!r}")
+            values = tuple(_checked_value(f.name, type(default[0]), v) for v in value)
+        else:
+            values = (_checked_value(f.name, kind, value),)
+        setattr(config, f.name, values if isinstance(default, tuple) else values[0])
+        choices = f.metadata.get("choices")
+        for v in values:
+            if choices is not None and v not in choices:
+                raise UsageError(f"{flag_name(f.name)} must be one of {', '.join(map(str, choices))}, got {v!r}")
+            for key, (holds, words) in _BOUNDS.items():
+                if key in f.metadata and not holds(v, f.metadata[key]):
+                    raise UsageError(f"{flag_name(f.name)} must be {words} {f.metadata[key]}, got {v!r}")
 
 
 def presets(command: str) -> list[str]:
@@ -25,21 +80,22 @@ def presets(command: str) -> list[str]:
 
 
 def _read_yaml(path: Path, what: str) -> dict:
+    text = read_text(path, what)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
-        raise ValueError(f"{what} {path}: not valid YAML: {str(err).splitlines()[0]}") from None
+        raise UsageError(f"{what} {path}: not valid YAML: {str(err).splitlines()[0]}") from None
     if not isinstance(data, dict):
-        raise ValueError(f"{what} {path}: expected a mapping of option: value")
+        raise UsageError(f"{what} {path}: expected a mapping of option: value")
     return data
 
 
 def _apply(config, values: dict, source: str):
     names = {f.name for f in dataclasses.fields(config)}
     for key, value in values.items():
-        name = key.replace("-", "_")
+        name = str(key).replace("-", "_")
         if name not in names:
-            raise ValueError(f"{source}: unknown option {key!r}; see --help for the options")
+            raise UsageError(f"{source}: unknown option {key!r}; see --help for the options")
         setattr(config, name, tuple(value) if isinstance(value, list) else value)
     return config
 
@@ -50,16 +106,12 @@ def resolve(cls, command: str, preset: str | None, config_file: str | None, over
     if preset is not None:
         path = PRESET_DIR / f"{command}-{preset}.yaml"
         if not path.is_file():
-            raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(presets(command))}")
+            raise UsageError(f"unknown preset {preset!r}; choose one of {', '.join(presets(command))}")
         _apply(config, _read_yaml(path, "preset"), f"preset {preset}")
     if config_file is not None:
-        path = Path(config_file)
-        if not path.is_file():
-            raise ValueError(f"config file {config_file} does not exist")
-        _apply(config, _read_yaml(path, "config file"), f"config file {config_file}")
+        _apply(config, _read_yaml(Path(config_file), "config file"), f"config file {config_file}")
     _apply(config, {k: v for k, v in overrides.items() if v is not None}, "command line")
-    if hasattr(config, "validate"):
-        config.validate()
+    config.validate()
     return config
 
 

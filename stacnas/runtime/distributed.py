@@ -16,6 +16,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..errors import UsageError
+
 
 @dataclass(frozen=True)
 class Context:
@@ -47,16 +49,21 @@ def setup(device: torch.device) -> Context:
 
 
 def device_for(name: str) -> torch.device:
-    """cpu, cuda or auto; under torchrun each process takes the GPU of its local rank."""
+    """cpu, cuda, cuda:N or auto; under torchrun each process takes the GPU of its local rank."""
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name.startswith("cuda"):
+    kind, _, index = name.partition(":")
+    if kind not in ("cpu", "cuda") or (index and (kind == "cpu" or not index.isdigit())):
+        raise UsageError(f"device {name!r} is not one of cpu, cuda, cuda:N, auto")
+    if kind == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError("--device cuda was asked for but no GPU is visible; use --device cpu")
-        if launched_by_torchrun() and name == "cuda":
-            index = int(os.environ.get("LOCAL_RANK", 0))
-            torch.cuda.set_device(index)
-            return torch.device("cuda", index)
+            raise UsageError(f"device {name} was asked for but no GPU is visible; use --device cpu")
+        if index and int(index) >= torch.cuda.device_count():
+            raise UsageError(f"device {name}: this machine has {torch.cuda.device_count()} GPU(s)")
+        if launched_by_torchrun() and not index:
+            local = int(os.environ.get("LOCAL_RANK", 0))
+            torch.cuda.set_device(local)
+            return torch.device("cuda", local)
     return torch.device(name)
 
 

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import torch
 
+from .. import files
+from ..errors import warn
+
 
 class MetricsLog:
     def __init__(self, path: Path, enabled: bool = True):
@@ -17,19 +20,24 @@ class MetricsLog:
         """Append the record; print "[stage] epoch e/E: <details> (seconds)"."""
         if not self.enabled:
             return
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        files.append_line(self.path, json.dumps(record))
         prefix = f"[{record['stage']}] " if "stage" in record else ""
         print(f"{prefix}epoch {record['epoch']}/{record['epochs']}: {details} ({record['seconds']:.1f}s)", flush=True)
 
     def trim(self, stage: str | None, epochs_done: int) -> None:
-        """Drop the lines of `stage` (None: lines without a stage) past `epochs_done`: a resumed run logs them again."""
+        """Drop the lines of `stage` (None: lines without a stage) past `epochs_done`: a resumed run logs them again.
+        A line torn by a kill while it was written is dropped too, with a warning."""
         if not self.enabled or not self.path.is_file():
             return
-        lines = self.path.read_text().splitlines()
-        keep = [line for line, r in zip(lines, map(json.loads, lines)) if r.get("stage") != stage
-                or r["epoch"] <= epochs_done]
-        self.path.write_text("".join(line + "\n" for line in keep))
+        keep = []
+        for number, line in enumerate(self.path.read_text(errors="replace").splitlines(), 1):
+            try:
+                record = json.loads(line)
+                if record.get("stage") != stage or record["epoch"] <= epochs_done:
+                    keep.append(line)
+            except (ValueError, KeyError, AttributeError):
+                warn(f"{self.path}, line {number}: not a whole metrics record (torn by an interruption?); dropped")
+        files.write_text(self.path, "".join(line + "\n" for line in keep))
 
 
 def peak_memory() -> dict:

@@ -1,28 +1,60 @@
-"""A run's output folder: never overwritten silently, holding the configuration and environment of the run, and
-checked before a run in it is resumed."""
+"""A run's output folder: never overwritten silently, holding the configuration and environment of the run, checked
+before a run in it is resumed, and telling which finished outputs belong to which configuration."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
+import shutil
 from pathlib import Path
 
+from .. import files
+from ..errors import UsageError, warn
 from ..info import environment
+
+# What runs write into their folder: --force removes these (and only these) before a run starts over.
+RUN_FILES = ("config.json", "environment.json", "metrics.jsonl", "genotype.json", "genotype.txt", "summary.json",
+             "clusters.json", "result.json", "model.pt", "checkpoint.pt", "checkpoint.prev.pt")
+RUN_FOLDERS = ("cluster", "stage1", "stage2", "darts")
+STAGE_MARK = "stage.json"
+
+
+def config_hash(config, free: set[str]) -> str:
+    """A short hash of every option that changes the numbers (all but those in `free`)."""
+    options = {k: v for k, v in dataclasses.asdict(config).items() if k not in free}
+    return hashlib.sha256(json.dumps(options, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_out_dir(out: str, force: bool) -> Path:
+    """Refuse a folder that already holds files, unless force is given; writes nothing."""
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"--out {out} is a file; choose a folder")
+    if path.is_dir() and any(path.iterdir()) and not force:
+        raise UsageError(f"--out {out} already holds files; choose another folder or add --force to overwrite")
+    return path
 
 
 def prepare_out_dir(out: str, force: bool) -> Path:
-    """Refuse to write into a folder that already holds files, unless force is given."""
-    path = Path(out)
-    if path.exists() and not path.is_dir():
-        raise FileExistsError(f"--out {out} is a file; choose a folder")
-    if path.is_dir() and any(path.iterdir()) and not force:
-        raise FileExistsError(f"--out {out} already holds files; choose another folder or add --force to overwrite")
-    path.mkdir(parents=True, exist_ok=True)
+    """check_out_dir, then the folder made, and with force the previous run's files removed from it."""
+    path = check_out_dir(out, force)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UsageError(f"--out {out} cannot be made ({err.strerror or err})") from None
+    if force:
+        old = [path / n for n in RUN_FILES if (path / n).exists()] + \
+              [path / n for n in RUN_FOLDERS if (path / n).is_dir()] + list(path.glob(".*.tmp"))
+        for p in old:
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        if old:
+            warn(f"--force: removed {len(old)} file(s) and folder(s) of the previous run in {out}")
     return path
 
 
 def save_run_info(out: Path, config) -> None:
-    (out / "config.json").write_text(json.dumps(dataclasses.asdict(config), indent=2) + "\n")
-    (out / "environment.json").write_text(json.dumps(environment(), indent=2) + "\n")
+    files.write_text(out / "config.json", json.dumps(dataclasses.asdict(config), indent=2) + "\n")
+    files.write_text(out / "environment.json", json.dumps(environment(), indent=2) + "\n")
 
 
 def open_run_dir(out: str, config, force: bool, resume: bool, free: set[str], needs: tuple[str, ...]) -> Path:
@@ -36,12 +68,44 @@ def open_run_dir(out: str, config, force: bool, resume: bool, free: set[str], ne
         return path
     missing = [name for name in ("config.json", *needs) if not (path / name).is_file()]
     if missing:
-        raise ValueError(f"--resume: {out} holds no interrupted run to resume (no {', '.join(missing)}); "
+        raise UsageError(f"--resume: {out} holds no interrupted run to resume (no {', '.join(missing)}); "
                          "start it without --resume")
-    saved = json.loads((path / "config.json").read_text())
+    try:
+        saved = json.loads(files.read_text(path / "config.json", "the interrupted run's"))
+    except json.JSONDecodeError as err:
+        raise UsageError(f"--resume: {path / 'config.json'} is not valid JSON ({err})") from None
     current = json.loads(json.dumps(dataclasses.asdict(config)))
     changed = [k for k, v in current.items() if k not in free and saved.get(k) != v]
     if changed:
-        raise ValueError(f"--resume: options differ from the interrupted run's config.json ({', '.join(changed)}); "
+        raise UsageError(f"--resume: options differ from the interrupted run's config.json ({', '.join(changed)}); "
                          "give the same options")
     return path
+
+
+def _file_digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def mark_finished(folder: Path, config_hash: str, names: list[str]) -> None:
+    """Record that `folder`'s outputs `names` are complete and made by the configuration `config_hash` (written
+    last, atomically: a folder without it holds no finished outputs)."""
+    mark = {"config_hash": config_hash, "files": {n: _file_digest(folder / n) for n in names}}
+    files.write_text(folder / STAGE_MARK, json.dumps(mark, indent=2) + "\n")
+
+
+def finished(folder: Path, config_hash: str) -> bool:
+    """Whether `folder` holds complete outputs of the configuration `config_hash` (warns when it holds another's,
+    or damaged ones: they are made again)."""
+    mark_path = folder / STAGE_MARK
+    if not mark_path.is_file():
+        return False
+    try:
+        mark = json.loads(mark_path.read_text())
+        intact = all(_file_digest(folder / n) == digest for n, digest in mark["files"].items())
+    except (OSError, ValueError, KeyError, TypeError):
+        intact = False
+    if not intact:
+        warn(f"{folder} holds damaged outputs; making them again")
+    elif mark["config_hash"] != config_hash:
+        warn(f"{folder} holds the outputs of another configuration; making them again")
+    return intact and mark["config_hash"] == config_hash

@@ -3,8 +3,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..errors import UsageError
 from ..names import DEFAULT_MEMORY_MODE, KERNEL_CHOICES, MEMORY_MODES, METHODS, ORDERS
-from ..runtime.config import option
+from ..runtime.config import SEED_MAX, check, option
 
 # options a resumed search may change: they do not change the numbers (beyond float rounding for the kernels)
 RESUME_FREE = {"device", "workers", "kernels", "memory_mode", "checkpoint_every"}
@@ -24,40 +25,43 @@ class SearchConfig:
     dataset: str = option("digits", "dataset (digits is built in and offline)", "data")
     data_root: str | None = option(None, "folder holding the dataset files", "data", type=str)
     download: bool = option(False, "download the dataset if missing (where a network exists)", "data")
-    limit: int = option(0, "use at most this many training images (0: all)", "data")
+    limit: int = option(0, "use at most this many training images (0: all)", "data", at_least=0)
     val_fraction: float = option(0.5, "share of the training images held out as validation data in bi-level search",
-                                 "data")
-    seed: int = option(0, "random seed of weights, α, clustering images and data order", "data")
-    batch_size: int = option(64, "mini-batch size (per process under torchrun)", "data")
-    workers: int = option(0, "data-loading worker processes", "data")
-    channels: int = option(16, "initial channels C of the supernet", "supernet")
-    nodes: int = option(4, "intermediate nodes per cell", "supernet")
-    stage1_layers: int = option(14, "cells in the stage-1 (cluster-level) supernet", "supernet")
-    stage2_layers: int = option(20, "cells in the stage-2 supernet (the final depth: complexity match)", "supernet")
-    darts_layers: int = option(8, "cells in the DARTS baseline supernet", "supernet")
-    epochs: int = option(80, "epochs of each StacNAS stage", "supernet")
-    darts_epochs: int = option(50, "epochs of the DARTS baseline", "supernet")
-    cluster_layers: int = option(8, "cells of the warm-up supernet of automatic clustering", "clustering")
+                                 "data", at_least=0.0, below=1.0)
+    seed: int = option(0, "random seed of weights, α, clustering images and data order", "data", at_least=0,
+                       at_most=SEED_MAX)
+    batch_size: int = option(64, "mini-batch size (per process under torchrun)", "data", at_least=1)
+    workers: int = option(0, "data-loading worker processes", "data", at_least=0)
+    channels: int = option(16, "initial channels C of the supernet", "supernet", at_least=1)
+    nodes: int = option(4, "intermediate nodes per cell", "supernet", at_least=1)
+    stage1_layers: int = option(14, "cells in the stage-1 (cluster-level) supernet", "supernet", at_least=3)
+    stage2_layers: int = option(20, "cells in the stage-2 supernet (the final depth: complexity match)", "supernet",
+                                at_least=3)
+    darts_layers: int = option(8, "cells in the DARTS baseline supernet", "supernet", at_least=3)
+    epochs: int = option(80, "epochs of each StacNAS stage", "supernet", at_least=1)
+    darts_epochs: int = option(50, "epochs of the DARTS baseline", "supernet", at_least=1)
+    cluster_layers: int = option(8, "cells of the warm-up supernet of automatic clustering", "clustering", at_least=3)
     cluster_epochs: int = option(10, "warm-up epochs before the op outputs are recorded (automatic clustering)",
-                                 "clustering")
+                                 "clustering", at_least=0)
     cluster_images: int = option(10000, "training images whose op outputs are recorded (automatic clustering)",
-                                 "clustering")
-    cluster_threshold: float = option(0.5, "cut the dendrogram at this distance 1 - |corr|", "clustering")
+                                 "clustering", at_least=1)
+    cluster_threshold: float = option(0.5, "cut the dendrogram at this distance 1 - |corr|", "clustering",
+                                      at_least=0.0, at_most=1.0)
     cluster_count: int = option(0, "cut into this many clusters instead of at the threshold (0: use the threshold)",
-                                "clustering")
+                                "clustering", at_least=0)
     cluster_representative: str = option("alpha", "representative of a cluster: alpha (highest mean softmax weight "
                                                   "after warm-up) or first (first listed)", "clustering",
                                          choices=["alpha", "first"])
-    w_lr: float = option(0.025, "SGD learning rate of the weights (cosine schedule)", "optimization")
-    w_lr_min: float = option(0.001, "final learning rate of the cosine schedule", "optimization")
-    w_momentum: float = option(0.9, "SGD momentum", "optimization")
-    w_weight_decay: float = option(3e-4, "weight decay of the weights", "optimization")
-    grad_clip: float = option(3.0, "clip the weights' gradient norm at this value", "optimization")
-    a_lr: float = option(3e-4, "Adam learning rate of α", "optimization")
-    a_betas: tuple = option((0.5, 0.999), "Adam betas of α", "optimization")
-    a_weight_decay: float = option(1e-3, "weight decay of α", "optimization")
+    w_lr: float = option(0.025, "SGD learning rate of the weights (cosine schedule)", "optimization", above=0.0)
+    w_lr_min: float = option(0.001, "final learning rate of the cosine schedule", "optimization", at_least=0.0)
+    w_momentum: float = option(0.9, "SGD momentum", "optimization", at_least=0.0, below=1.0)
+    w_weight_decay: float = option(3e-4, "weight decay of the weights", "optimization", at_least=0.0)
+    grad_clip: float = option(3.0, "clip the weights' gradient norm at this value", "optimization", above=0.0)
+    a_lr: float = option(3e-4, "Adam learning rate of α", "optimization", above=0.0)
+    a_betas: tuple = option((0.5, 0.999), "Adam betas of α", "optimization", at_least=0.0, below=1.0)
+    a_weight_decay: float = option(1e-3, "weight decay of α", "optimization", at_least=0.0)
     checkpoint_every: int = option(0, "also checkpoint every this many steps (0: at the end of every epoch only)",
-                                   "run")
+                                   "run", at_least=0)
     device: str = option("auto", "cpu, cuda or auto", "run")
     memory_mode: str = option(DEFAULT_MEMORY_MODE, "supernet memory mode: lean (fused, about half the memory), "
                                                    "recompute (least memory, recomputes in backward) or reference "
@@ -66,18 +70,9 @@ class SearchConfig:
                           "run", choices=list(KERNEL_CHOICES))
 
     def validate(self):
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
-        if self.order not in ORDERS:
-            raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {self.order!r}")
-        for name in ("batch_size", "channels", "nodes", "epochs", "darts_epochs", "cluster_images"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
-        for name in ("stage1_layers", "stage2_layers", "darts_layers", "cluster_layers"):
-            if getattr(self, name) < 3:
-                raise ValueError(f"{name.replace('_', '-')} must be at least 3 (two reduction cells and a normal)")
-        if self.resolved_order() != "one-level" and not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"val-fraction must be between 0 and 1 for bi-level search, got {self.val_fraction}")
+        check(self)
+        if self.resolved_order() != "one-level" and self.val_fraction == 0:
+            raise UsageError("val-fraction must be above 0 for bi-level search (first or second order), got 0")
 
     def resolved_order(self) -> str:
         if self.order != "auto":

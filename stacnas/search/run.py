@@ -13,14 +13,13 @@ from pathlib import Path
 
 import torch
 
-from .. import fused, genotypes
+from .. import files, fused, genotypes
 from ..data import datasets, get_loaders
 from ..names import CELL_TYPES
 from ..nn import Supernet
 from ..ops import short_name
-from ..runtime import checkpoint, distributed
+from ..runtime import checkpoint, distributed, run_dir
 from ..runtime.metrics import peak_memory
-from ..runtime.run_dir import open_run_dir
 from ..spaces import Clusters, SearchSpace, load_space
 from . import clustering
 from .config import RESUME_FREE, SearchConfig
@@ -29,23 +28,25 @@ from .training import Run, train_supernet
 
 
 def _stage(run: Run, name: str, space: SearchSpace, layers: int, epochs: int, order: str):
-    """A fresh supernet (new weights, new α) trained for one stage; reloaded when a resumed run finished it."""
+    """A fresh supernet (new weights, new α) trained for one stage; reloaded when a resumed run finished it with
+    this configuration (its stage.json says so)."""
     cfg, info = run.cfg, run.loaders.info
     torch.manual_seed(cfg.seed)
     model = Supernet(space, C=cfg.channels, layers=layers, nodes=cfg.nodes, num_classes=info.num_classes,
                      in_channels=info.in_channels, mode=cfg.memory_mode, kernels=cfg.kernels).to(run.device)
-    final = run.out / name / "supernet.pt"
-    if run.resume and final.is_file():
-        model.load_state_dict(checkpoint.load(final, map_location=run.device))
+    folder = run.out / name
+    if run.resume and run_dir.finished(folder, run.config_hash):
+        model.load_state_dict(checkpoint.read(folder / "supernet.pt", map_location=run.device))
         if run.ctx.is_main:
-            print(f"[{name}] finished before the interruption; loaded {final}", flush=True)
+            print(f"[{name}] finished before the interruption; loaded {folder / 'supernet.pt'}", flush=True)
         return model
     distributed.broadcast_state(model, run.ctx)
     train_supernet(run, name, model, epochs, order)
     if run.ctx.is_main:
-        torch.save(model.state_dict(), final)
-        (run.out / name / "space.json").write_text(json.dumps(space.to_dict(), indent=2) + "\n")
-        (run.out / name / "checkpoint.pt").unlink(missing_ok=True)
+        files.save_torch(model.state_dict(), folder / "supernet.pt")
+        files.write_text(folder / "space.json", json.dumps(space.to_dict(), indent=2) + "\n")
+        run_dir.mark_finished(folder, run.config_hash, ["supernet.pt", "space.json"])
+        checkpoint.remove(folder / "checkpoint.pt")
     return model
 
 
@@ -62,29 +63,31 @@ def auto_clusters(run: Run, space: SearchSpace) -> Clusters:
     cfg = run.cfg
     path = run.out / "clusters.json"
     if run.resume and path.is_file():
-        return Clusters.from_dict(json.loads(path.read_text()), str(path))
+        report = json.loads(path.read_text())
+        if report.get("config_hash") == run.config_hash:
+            return Clusters.from_dict(report, str(path))
     model = _stage(run, "cluster", space, cfg.cluster_layers, cfg.cluster_epochs, "one-level")
     clusters, report = clustering.build_clusters(model, _cluster_images(cfg), cfg.batch_size, run.device, space.ops(),
                                                  cfg.cluster_threshold, cfg.cluster_count or None,
                                                  cfg.cluster_representative)
     if run.ctx.is_main:
-        path.write_text(json.dumps(report, indent=2) + "\n")
+        files.write_text(path, json.dumps({**report, "config_hash": run.config_hash}, indent=2) + "\n")
         print(clustering.render_report(report), flush=True)
     return clusters
 
 
-def _stacnas(run: Run, space: SearchSpace, summary: dict):
+def _stacnas(run: Run, space: SearchSpace, clusters: Clusters | None, source: str, summary: dict):
     cfg = run.cfg
-    clusters, source = resolve_clusters(cfg, space)
     if clusters is None:
         clusters = auto_clusters(run, space)
     elif run.ctx.is_main:
-        (run.out / "clusters.json").write_text(json.dumps({**clusters.to_dict(), "source": source}, indent=2) + "\n")
+        files.write_text(run.out / "clusters.json", json.dumps({**clusters.to_dict(), "source": source}, indent=2)
+                         + "\n")
     summary["clusters"] = clusters.to_dict()
     stage1 = _stage(run, "stage1", stage1_space(space, clusters, cfg.nodes), cfg.stage1_layers, cfg.epochs, run.order)
     choice = chosen_clusters(stage1, clusters)
     if run.ctx.is_main:
-        (run.out / "stage1" / "choice.json").write_text(json.dumps(choice, indent=2) + "\n")
+        files.write_text(run.out / "stage1" / "choice.json", json.dumps(choice, indent=2) + "\n")
     summary["stage1_choice"] = {t: [clusters.groups[c] for c in picks] for t, picks in choice.items()}
     del stage1  # stage 2 never inherits stage-1 weights
     space2 = stage2_space(space, clusters, choice, cfg.nodes)
@@ -98,27 +101,38 @@ class SearchResult:
     summary: dict
 
 
-def _start(cfg: SearchConfig, out_dir: str, force: bool, resume: bool, bilevel_split: bool) -> Run:
+def _checked_space(cfg: SearchConfig) -> SearchSpace:
     cfg.validate()
+    space = load_space(cfg.space)
+    space.check_cells(cfg.nodes)
+    return space
+
+
+def _start(cfg: SearchConfig, out_dir: str, force: bool, resume: bool, bilevel_split: bool) -> Run:
+    """The run's device, process group and data, every one checked before the output folder is made or opened."""
     device = distributed.device_for(cfg.device)
-    fused.resolve_backend(cfg.kernels, device)  # an unusable backend fails now, not after the output folder is made
+    fused.resolve_backend(cfg.kernels, device)
+    if not resume:
+        run_dir.check_out_dir(out_dir, force)
     ctx = distributed.setup(device)
-    out = Path(out_dir)
-    if ctx.is_main:
-        open_run_dir(out_dir, cfg, force, resume, RESUME_FREE, needs=())
-    distributed.barrier(ctx)
     torch.manual_seed(cfg.seed)
     loaders = get_loaders(cfg.dataset, cfg.data_root, cfg.batch_size, cfg.val_fraction if bilevel_split else 0.0,
                           augment=True, workers=cfg.workers, seed=cfg.seed, download=cfg.download,
                           limit=cfg.limit or None, rank=ctx.rank, world=ctx.world)
-    return Run(cfg, loaders, device, ctx, out, resume, cfg.resolved_order())
+    if ctx.is_main:
+        run_dir.open_run_dir(out_dir, cfg, force, resume, RESUME_FREE, needs=())
+    distributed.barrier(ctx)
+    return Run(cfg, run_dir.config_hash(cfg, RESUME_FREE), loaders, device, ctx, Path(out_dir), resume,
+               cfg.resolved_order())
 
 
 def run_search(cfg: SearchConfig, out_dir: str, force: bool = False, resume: bool = False) -> SearchResult:
-    """The whole search; writes genotype.json/.txt, clusters.json, metrics.jsonl, stage folders, summary.json."""
-    space = load_space(cfg.space)
+    """The whole search; writes genotype.json/.txt, clusters.json, metrics.jsonl, stage folders, summary.json.
+    Every option, file and the data are checked before anything is written."""
+    space = _checked_space(cfg)
     if cfg.method == "random":
         return _random_search(cfg, space, out_dir, force)
+    clusters, source = resolve_clusters(cfg, space) if cfg.method == "stacnas" else (None, "")
     run = _start(cfg, out_dir, force, resume, bilevel_split=cfg.resolved_order() != "one-level")
     try:
         summary = {"method": cfg.method, "order": run.order, "space": space.name, "dataset": run.loaders.info.name,
@@ -126,7 +140,7 @@ def run_search(cfg: SearchConfig, out_dir: str, force: bool = False, resume: boo
         if cfg.method == "darts":
             model = _stage(run, "darts", space, cfg.darts_layers, cfg.darts_epochs, run.order)
         else:
-            model = _stacnas(run, space, summary)
+            model = _stacnas(run, space, clusters, source, summary)
         genotype = model.genotype()
         alphas = {t: model.edge_weights(t).detach().cpu() for t in CELL_TYPES}
         summary.update(genotype=genotypes.to_dict(genotype), seconds=round(time.time() - run.started, 1),
@@ -139,8 +153,7 @@ def run_search(cfg: SearchConfig, out_dir: str, force: bool = False, resume: boo
 
 
 def _random_search(cfg: SearchConfig, space: SearchSpace, out_dir: str, force: bool) -> SearchResult:
-    cfg.validate()
-    out = open_run_dir(out_dir, cfg, force, resume=False, free=set(), needs=())
+    out = run_dir.open_run_dir(out_dir, cfg, force, resume=False, free=set(), needs=())
     genotype = random_genotype(space, cfg.nodes, cfg.seed)
     summary = {"method": "random", "space": space.name, "seed": cfg.seed, "genotype": genotypes.to_dict(genotype),
                "seconds": 0.0, **peak_memory()}
@@ -151,7 +164,7 @@ def _random_search(cfg: SearchConfig, space: SearchSpace, out_dir: str, force: b
 def _write_result(out: Path, genotype, summary: dict) -> None:
     genotypes.save(genotype, out / "genotype.json")
     genotypes.save(genotype, out / "genotype.txt")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    files.write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     print(render_summary(summary, out))
 
 
@@ -181,7 +194,7 @@ def render_summary(summary: dict, out: Path) -> str:
 
 def run_clustering(cfg: SearchConfig, out_dir: str, force: bool = False) -> Clusters:
     """`stacnas cluster`: the warm-up and automatic clustering alone; writes clusters.json."""
-    space = load_space(cfg.space)
+    space = _checked_space(cfg)
     run = _start(cfg, out_dir, force, resume=False, bilevel_split=False)
     try:
         return auto_clusters(run, space)

@@ -7,6 +7,8 @@ import random
 from pathlib import Path
 
 from .. import genotypes
+from ..errors import UsageError
+from ..files import read_text
 from ..names import CELL_TYPES
 from ..spaces import PAPER_CLUSTERS, Clusters, SearchSpace
 from .config import SearchConfig
@@ -49,14 +51,13 @@ def stage2_space(space: SearchSpace, clusters: Clusters, choice: dict, nodes: in
 
 def random_genotype(space: SearchSpace, nodes: int, seed: int) -> genotypes.Genotype:
     """A random cell of the space: per node two distinct inputs, each with a random non-`none` op of its edge."""
+    space.check_cells(nodes)
     rng = random.Random(seed)
     cells = {}
     for cell_type in CELL_TYPES:
         edge_ops, pairs, offset = space.edge_ops(cell_type, nodes), [], 0
         for node in range(nodes):
             choices = [i for i in range(2 + node) if any(op != "none" for op in edge_ops[offset + i])]
-            if len(choices) < 2:
-                raise ValueError(f"{cell_type} node {node} has fewer than two edges with an operation other than none")
             for i in sorted(rng.sample(choices, 2)):
                 pairs.append((rng.choice([op for op in edge_ops[offset + i] if op != "none"]), i))
             offset += 2 + node
@@ -76,9 +77,9 @@ def resolve_clusters(cfg: SearchConfig, space: SearchSpace) -> tuple[Clusters | 
         return None, "auto"
     path = Path(choice)
     if not path.is_file():
-        raise ValueError(f"--clusters {choice!r}: use paper, auto or the path of a clusters JSON file")
+        raise UsageError(f"--clusters {choice!r}: use paper, auto or the path of a clusters JSON file")
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_text(path, "clusters file"))
     except json.JSONDecodeError as err:
-        raise ValueError(f"clusters file {path}: not valid JSON: {err}") from None
+        raise UsageError(f"clusters file {path}: not valid JSON: {err}") from None
     return Clusters.from_dict(data, f"clusters file {path}").restricted_to(space.ops()), str(path)

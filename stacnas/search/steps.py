@@ -22,7 +22,8 @@ def _loss(model, x, y):
 
 
 def weight_step(model, x, y, w_opt, grad_clip: float, ctx: Context):
-    """Step the weights on the training loss; α is left untouched (its gradient is discarded)."""
+    """Step the weights on the training loss; α is left untouched (its gradient is discarded). Returns the loss,
+    the logits and the weights' gradient norm before clipping."""
     loss, logits = _loss(model, x, y)
     weights = list(model.weights())
     w_opt.zero_grad(set_to_none=True)
@@ -30,22 +31,23 @@ def weight_step(model, x, y, w_opt, grad_clip: float, ctx: Context):
     for p, g in zip(weights, grads):
         p.grad = g
     average_gradients(weights, ctx)
-    torch.nn.utils.clip_grad_norm_(weights, grad_clip)
+    grad_norm = torch.nn.utils.clip_grad_norm_(weights, grad_clip)
     w_opt.step()
-    return loss.detach(), logits.detach()
+    return loss.detach(), logits.detach(), grad_norm
 
 
 def joint_step(model, x, y, w_opt, a_opt, grad_clip: float, ctx: Context):
-    """One-level: one backward, then weights and α step together (the weights' gradient clipped)."""
+    """One-level: one backward, then weights and α step together (the weights' gradient clipped). Returns the loss,
+    the logits and the weights' gradient norm before clipping."""
     loss, logits = _loss(model, x, y)
     w_opt.zero_grad(set_to_none=True)
     a_opt.zero_grad(set_to_none=True)
     loss.backward()
     average_gradients(model.parameters(), ctx)
-    torch.nn.utils.clip_grad_norm_(list(model.weights()), grad_clip)
+    grad_norm = torch.nn.utils.clip_grad_norm_(list(model.weights()), grad_clip)
     w_opt.step()
     a_opt.step()
-    return loss.detach(), logits.detach()
+    return loss.detach(), logits.detach(), grad_norm
 
 
 def _set_alpha_grads(model, grads, a_opt):

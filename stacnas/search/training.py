@@ -18,8 +18,10 @@ from .config import SearchConfig
 
 @dataclass
 class Run:
-    """What every stage shares: the configuration, data, device, process group and output folder."""
+    """What every stage shares: the configuration (and its hash, which its outputs carry), data, device, process
+    group and output folder."""
     cfg: SearchConfig
+    config_hash: str
     loaders: object
     device: torch.device
     ctx: distributed.Context
@@ -41,7 +43,8 @@ def _optimizers(model, cfg: SearchConfig, epochs: int):
 
 
 def _step(run: Run, order: str, model, opts, x, y, xv, yv, lr):
-    """One search step in the configured order; returns (training loss, training logits, validation loss)."""
+    """One search step in the configured order; returns (training loss, training logits, the weights' gradient norm,
+    validation loss)."""
     w_opt, a_opt, _ = opts
     cfg, ctx = run.cfg, run.ctx
     if order == "one-level":
@@ -65,7 +68,7 @@ class SupernetTraining(EpochLoop):
         super().__init__(stage=stage, checkpoint_path=run.out / stage / "checkpoint.pt",
                          stateful={"model": model, "w_opt": w_opt, "a_opt": a_opt, "schedule": schedule},
                          ctx=run.ctx, device=run.device, loaders=run.loaders, metrics=run.metrics, epochs=epochs,
-                         checkpoint_every=run.cfg.checkpoint_every)
+                         checkpoint_every=run.cfg.checkpoint_every, config_hash=run.config_hash)
 
     def begin_epoch(self, epoch: int) -> None:
         self.model.train()
@@ -76,13 +79,18 @@ class SupernetTraining(EpochLoop):
             return ((batch, None) for batch in self.loaders.train)
         return zip(self.loaders.train, self.loaders.val)
 
-    def run_batch(self, batch) -> list:
+    def run_batch(self, batch) -> tuple[list, dict]:
         train_batch, val_batch = batch
         x, y = (t.to(self.device, non_blocking=True) for t in train_batch)
         xv, yv = (t.to(self.device, non_blocking=True) for t in val_batch) if val_batch else (None, None)
-        loss, logits, val_loss = _step(self.search_run, self.order, self.model, self.opts, x, y, xv, yv, self.lr)
+        loss, logits, grad_norm, val_loss = _step(self.search_run, self.order, self.model, self.opts, x, y, xv, yv,
+                                                  self.lr)
         sums = [loss.double() * len(y), (logits.argmax(1) == y).sum(), len(y)]
-        return sums + ([val_loss.double(), 1] if val_loss is not None else [])
+        finite = {"training loss": loss, "weights' gradient norm": grad_norm, "α": torch.cat(
+            [a.detach().reshape(-1) for a in self.model.alphas()])}
+        if val_loss is None:
+            return sums, finite
+        return sums + [val_loss.double(), 1], {**finite, "validation loss": val_loss}
 
     def end_epoch(self, epoch: int, total: list[float], started: float) -> tuple[dict, str]:
         self.opts[2].step()

@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 
 from .. import genotypes
+from ..errors import UsageError
 from ..genotypes import Genotype
 from ..ops import FactorizedReduce, Identity, ReLUConvBN, final_op
 
@@ -89,6 +90,9 @@ class _Network(nn.Module):
     """Cells after a stem, reductions at ⌊n/3⌋ and ⌊2n/3⌋, auxiliary head after cell ⌊2n/3⌋."""
 
     def _build_cells(self, genotype, C, layers, C_prev_prev, C_prev, reduction_prev):
+        if type(layers) is not int or layers < 3 or type(C) is not int or C < 2:
+            raise UsageError(f"a network needs at least 3 cells (it has 2 reduction cells) and C of at least 2, got "
+                             f"layers={layers!r}, C={C!r}")
         self.cells = nn.ModuleList()
         self._aux_index = 2 * layers // 3
         C_curr, C_aux = C, None

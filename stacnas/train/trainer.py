@@ -17,19 +17,31 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import genotypes
+from .. import files, genotypes
 from ..data import get_loaders
-from ..runtime import distributed
+from ..errors import UsageError
+from ..runtime import checkpoint, distributed
 from ..runtime.epochs import EpochLoop
 from ..runtime.metrics import MetricsLog, peak_memory
-from ..runtime.run_dir import open_run_dir
+from ..runtime.run_dir import check_out_dir, config_hash, open_run_dir
 from .config import RESUME_FREE, TrainConfig
 from .network import build_network, count_macs, count_parameters_m
 
 
+def network_kind(cfg: TrainConfig, info) -> str:
+    """cifar or imagenet, checked to fit the dataset's images (two reduction cells, after the ImageNet stem's ×8)."""
+    kind = cfg.network if cfg.network != "auto" else ("imagenet" if info.name == "imagenet" else "cifar")
+    smallest = 4 * (8 if kind == "imagenet" else 1)
+    if info.image_size < smallest:
+        raise UsageError(f"--network {kind} reduces its input {smallest}× and needs images of at least "
+                         f"{smallest}×{smallest}; {info.name} has {info.image_size}×{info.image_size}"
+                         + (" (use --network cifar)" if kind == "imagenet" else ""))
+    return kind
+
+
 def architecture(cfg: TrainConfig, genotype, info) -> dict:
     """Everything needed to rebuild the network (saved with its weights)."""
-    kind = cfg.network if cfg.network != "auto" else ("imagenet" if info.name == "imagenet" else "cifar")
+    kind = network_kind(cfg, info)
     return {"network": kind, "genotype": genotypes.to_dict(genotype), "C": cfg.channels, "layers": cfg.layers,
             "num_classes": info.num_classes, "in_channels": info.in_channels, "image_size": info.image_size,
             "auxiliary": cfg.auxiliary_weight > 0}
@@ -86,13 +98,8 @@ class Trainer(EpochLoop):
 
     sums_size = 3  # training-loss sum, correct, seen
 
-    def __init__(self, cfg: TrainConfig, out: Path, device, ctx, genotype):
-        self.cfg, self.out = cfg, out
-        loaders = get_loaders(cfg.dataset, cfg.data_root, cfg.batch_size, 0.0, augment=True, cutout=cfg.cutout,
-                              workers=cfg.workers, seed=cfg.seed, download=cfg.download,
-                              image_size=cfg.image_size or None, limit=cfg.limit or None, rank=ctx.rank,
-                              world=ctx.world)
-        self.arch = architecture(cfg, genotype, loaders.info)
+    def __init__(self, cfg: TrainConfig, out: Path, device, ctx, loaders, arch: dict):
+        self.cfg, self.out, self.arch = cfg, out, arch
         torch.manual_seed(cfg.seed)
         self.net = build_network(self.arch).to(device)
         if cfg.channels_last:
@@ -112,9 +119,10 @@ class Trainer(EpochLoop):
                                    "scaler": self.scaler},
                          ctx=ctx, device=device, loaders=loaders,
                          metrics=MetricsLog(out / "metrics.jsonl", ctx.is_main), epochs=cfg.epochs,
-                         checkpoint_every=cfg.checkpoint_every)
+                         checkpoint_every=cfg.checkpoint_every, config_hash=config_hash(cfg, RESUME_FREE))
 
-    def step(self, x, y) -> tuple[torch.Tensor, torch.Tensor]:
+    def step(self, x, y) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One training step: (loss, logits, the gradient norm before clipping)."""
         cfg = self.cfg
         with autocast(cfg, self.device):
             logits, logits_aux = self.model(x)
@@ -122,22 +130,25 @@ class Trainer(EpochLoop):
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.unscale_(self.optimizer)
-        nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
+        grad_norm = nn.utils.clip_grad_norm_(self.net.parameters(), cfg.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return loss.detach(), logits.detach()
+        return loss.detach(), logits.detach(), grad_norm
 
     def begin_epoch(self, epoch: int) -> None:
         self.net.train()
         self.net.drop_path_prob = drop_path_at(self.cfg, epoch)
         self.lr = self.schedule.get_last_lr()[0]
 
-    def run_batch(self, batch) -> list:
+    def run_batch(self, batch) -> tuple[list, dict]:
         x, y = (t.to(self.device, non_blocking=True) for t in batch)
         if self.cfg.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        loss, logits = self.step(x, y)
-        return [loss.double() * len(y), (logits.argmax(1) == y).sum(), len(y)]
+        loss, logits, grad_norm = self.step(x, y)
+        finite = {"training loss": loss}
+        if not self.scaler.is_enabled():  # fp16's scaler skips the steps whose gradients overflow: expected
+            finite["gradient norm"] = grad_norm
+        return [loss.double() * len(y), (logits.argmax(1) == y).sum(), len(y)], finite
 
     def test(self) -> dict:
         return evaluate(self.net, self.loaders.test, self.device, lambda: autocast(self.cfg, self.device),
@@ -156,7 +167,7 @@ class Trainer(EpochLoop):
 
 def _check_amp(cfg: TrainConfig, device) -> None:
     if cfg.amp == "fp16" and device.type != "cuda":
-        raise ValueError("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
+        raise UsageError("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
 
 
 def run_train(cfg: TrainConfig, out_dir: str, force: bool = False, resume: bool = False) -> dict:
@@ -165,14 +176,21 @@ def run_train(cfg: TrainConfig, out_dir: str, force: bool = False, resume: bool 
     genotype = genotypes.load(cfg.genotype)
     device = distributed.device_for(cfg.device)
     _check_amp(cfg, device)
+    if not resume:
+        check_out_dir(out_dir, force)
     ctx = distributed.setup(device)
     out = Path(out_dir)
     try:
+        loaders = get_loaders(cfg.dataset, cfg.data_root, cfg.batch_size, 0.0, augment=True, cutout=cfg.cutout,
+                              workers=cfg.workers, seed=cfg.seed, download=cfg.download,
+                              image_size=cfg.image_size or None, limit=cfg.limit or None, rank=ctx.rank,
+                              world=ctx.world)
+        arch = architecture(cfg, genotype, loaders.info)  # every check done: the run folder may be written now
         if ctx.is_main:
             open_run_dir(out_dir, cfg, force, resume, RESUME_FREE, needs=("checkpoint.pt",))
             genotypes.save(genotype, out / "genotype.json")
         distributed.barrier(ctx)
-        trainer = Trainer(cfg, out, device, ctx, genotype)
+        trainer = Trainer(cfg, out, device, ctx, loaders, arch)
         started = time.time()
         record = trainer.run(resume)
         return _finish(trainer, record, time.time() - started)
@@ -190,9 +208,9 @@ def _finish(trainer: Trainer, record: dict | None, seconds: float) -> dict:
               "train_seconds": round(seconds, 1), "processes": trainer.ctx.world, **peak_memory()}
     if trainer.ctx.is_main:
         out = trainer.out
-        torch.save({"arch": trainer.arch, "model": net.state_dict()}, out / "model.pt")
-        (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
-        (out / "checkpoint.pt").unlink(missing_ok=True)
+        files.save_torch({"arch": trainer.arch, "model": net.state_dict()}, out / "model.pt")
+        files.write_text(out / "result.json", json.dumps(result, indent=2) + "\n")
+        checkpoint.remove(out / "checkpoint.pt")
         print(f"test top-1 {result['test_top1']:.2f}% (top-5 {result['test_top5']:.2f}%) after the last epoch · "
               f"{result['params_m']:.3f}M params · {result['macs_m']:.1f}M multiply-adds · weights in "
               f"{out / 'model.pt'}", flush=True)
