@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from . import fused
+from . import files, fused
 from .names import KERNEL_CHOICES, MEMORY_MODES
 from .nn import Supernet
 from .runtime.config import SEED_MAX, check, option
@@ -221,7 +221,6 @@ def main(cfg: BenchConfig, out: str | None) -> dict:
     print(render(report))
     if out:
         os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
-        with open(out, "w") as f:
-            json.dump(report, f, indent=2)
+        files.write_text(out, json.dumps(report, indent=2))
         print(f"written to {out}")
     return report

@@ -2,6 +2,8 @@
 exception is a bug and ends in a traceback (exit 1)."""
 from __future__ import annotations
 
+import sys
+
 
 class StacnasError(Exception):
     """Base of stacnas' own errors; `exit_code` is what the command line exits with."""
@@ -31,6 +33,4 @@ class Interrupted(StacnasError):
 
 def warn(message: str) -> None:
     """Something is off but the run can go on: one line on stderr."""
-    import sys
-
     print(f"stacnas: warning: {message}", file=sys.stderr, flush=True)

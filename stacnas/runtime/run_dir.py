@@ -46,7 +46,10 @@ def prepare_out_dir(out: str, force: bool) -> Path:
         old = [path / n for n in RUN_FILES if (path / n).exists()] + \
               [path / n for n in RUN_FOLDERS if (path / n).is_dir()] + list(path.glob(".*.tmp"))
         for p in old:
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
+            if p.is_dir():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
         if old:
             warn(f"--force: removed {len(old)} file(s) and folder(s) of the previous run in {out}")
     return path
