@@ -84,10 +84,38 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _cmd_plot(args) -> int:
+    from . import report
+
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    if (args.run_dir is None) == (args.genotype is None):
+        raise UsageError("give a run folder or --genotype SPEC (one of them)")
+    if args.genotype is not None:
+        written = report.plot_genotype(args.genotype, args.out or "plots", formats)
+    else:
+        if args.out is not None:
+            raise UsageError("--out is for --genotype; a run's figures go to RUN_DIR/plots")
+        written = report.plot(args.run_dir, formats)
+    for path in written:
+        print(path)
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from . import report
+
+    if len(args.run_dirs) == 1 and args.out is None:
+        print(report.write_report(args.run_dirs[0]))
+    else:
+        print(report.write_comparison(args.run_dirs, args.out or "runs/comparison.html", args.force))
+    return 0
+
+
 def _cmd_run(args) -> int:
     """Search, then train the found cell: <out>/search and <out>/train."""
     from pathlib import Path
 
+    from . import report
     from .data import datasets
     from .runtime.config import resolve
     from .runtime.run_dir import check_out_dir
@@ -107,6 +135,7 @@ def _cmd_run(args) -> int:
     run_search(search_cfg, str(out / "search"), force=args.force)
     train_cfg.genotype = str(Path(out) / "search" / "genotype.json")
     run_train(train_cfg, str(out / "train"), force=args.force)
+    report.after_run(out)
     return 0
 
 
@@ -220,6 +249,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/run", help="output folder (default: runs/run)")
     p.add_argument("--force", action="store_true", help="write into --out even if it already holds files")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("plot", help="figures of a run (cells, α over epochs, clustering, curves) or of a genotype",
+                       description="Draw a run folder's figures into RUN_DIR/plots: the normal and reduction cells "
+                                   "(graphviz where its dot program is installed, else matplotlib), α of every edge "
+                                   "over each search stage's epochs, the clustering's correlations and dendrogram, "
+                                   "and the curves per epoch. With --genotype, only the cells of that genotype. "
+                                   "Needs the plot extra.")
+    p.add_argument("run_dir", nargs="?", help="folder written by 'stacnas search', 'cluster', 'train' or 'run'")
+    p.add_argument("--genotype", help="draw this genotype instead: known name, file, or 'Genotype(...)' text")
+    p.add_argument("--format", default="png", help="png, svg or png,svg (default: png)")
+    p.add_argument("--out", default=None, help="folder for --genotype's figures (default: plots)")
+    p.set_defaults(func=_cmd_plot)
+
+    p = sub.add_parser("report", help="a self-contained HTML report of a run, or of several runs side by side",
+                       description="Write RUN_DIR/report.html (figures embedded; opens offline): configuration, "
+                                   "clusters, stage-1 choices, final cells, α trajectories, curves, results, wall "
+                                   "time per stage, environment and kernel backends. With several folders, one page "
+                                   "comparing them (cells, accuracy, time, memory) in --out. Needs the plot extra.")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders")
+    p.add_argument("--out", default=None,
+                   help="HTML file for several runs (default: runs/comparison.html); never replaced without --force")
+    p.add_argument("--force", action="store_true", help="replace --out if it exists")
+    p.set_defaults(func=_cmd_report)
 
     from .bench import BenchConfig
 

@@ -23,6 +23,20 @@ def num_edges(nodes: int) -> int:
     return sum(2 + i for i in range(nodes))
 
 
+def edge_endpoints(edges: int) -> list[tuple[int, int]]:
+    """(input state, node) of each of a cell's `edges` edges, in DARTS' order: node i takes states 0 .. i+1."""
+    ends, node = [], 0
+    while len(ends) < edges:
+        ends += [(state, node) for state in range(2 + node)]
+        node += 1
+    return ends[:edges]
+
+
+def state_name(state: int) -> str:
+    """DARTS' names of a cell's states: c_{k-2} and c_{k-1} (the cell's inputs), then the nodes 0, 1, ..."""
+    return ("c_{k-2}", "c_{k-1}")[state] if state < 2 else str(state - 2)
+
+
 @dataclass(frozen=True)
 class Clusters:
     """A partition of a space's ops (without `none`) and one representative per group."""

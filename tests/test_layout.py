@@ -9,7 +9,7 @@ import stacnas.kernels
 ROOT = Path(stacnas.__file__).parent
 # lowest first; `kernels` is the top-level kernels/ folder, installed as stacnas.kernels, `_C` the compiled extension
 LAYERS = [{"names", "errors"}, {"files"}, {"kernels", "_C"}, {"fused"}, {"data", "ops"}, {"spaces", "genotypes"},
-          {"nn"}, {"info"}, {"runtime"}, {"search", "train"}, {"bench"}, {"cli"}, {"__main__"}]
+          {"nn"}, {"info"}, {"runtime"}, {"report"}, {"search", "train"}, {"bench"}, {"cli"}, {"__main__"}]
 LAYER = {unit: i for i, units in enumerate(LAYERS) for unit in units}
 
 

@@ -10,17 +10,22 @@ import torch
 
 from .. import files
 from ..errors import warn
+from . import tensorboard
 
 
 class MetricsLog:
-    def __init__(self, path: Path, enabled: bool = True):
+    def __init__(self, path: Path, enabled: bool = True, tensorboard: Path | None = None,
+                 edge_ops: dict | None = None):
         self.path, self.enabled = Path(path), enabled  # enabled: this process writes (rank 0)
+        self.tensorboard, self.edge_ops = tensorboard, edge_ops  # see runtime.tensorboard.log_record
 
     def log(self, record: dict, details: str) -> None:
-        """Append the record; print "[stage] epoch e/E: <details> (seconds)"."""
+        """Append the record (and give it to TensorBoard); print "[stage] epoch e/E: <details> (seconds)"."""
         if not self.enabled:
             return
         files.append_line(self.path, json.dumps(record))
+        if self.tensorboard is not None:
+            tensorboard.log_record(self.tensorboard, record, self.edge_ops)
         prefix = f"[{record['stage']}] " if "stage" in record else ""
         print(f"{prefix}epoch {record['epoch']}/{record['epochs']}: {details} ({record['seconds']:.1f}s)", flush=True)
 

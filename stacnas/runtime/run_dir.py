@@ -14,8 +14,8 @@ from ..info import environment
 
 # What runs write into their folder: --force removes these (and only these) before a run starts over.
 RUN_FILES = ("config.json", "environment.json", "metrics.jsonl", "genotype.json", "genotype.txt", "summary.json",
-             "clusters.json", "result.json", "model.pt", "checkpoint.pt", "checkpoint.prev.pt")
-RUN_FOLDERS = ("cluster", "stage1", "stage2", "darts")
+             "clusters.json", "result.json", "model.pt", "checkpoint.pt", "checkpoint.prev.pt", "report.html")
+RUN_FOLDERS = ("cluster", "stage1", "stage2", "darts", "plots", "tensorboard")
 STAGE_MARK = "stage.json"
 
 

@@ -5,10 +5,11 @@ from dataclasses import dataclass
 
 from ..errors import UsageError
 from ..names import DEFAULT_MEMORY_MODE, KERNEL_CHOICES, MEMORY_MODES, METHODS, ORDERS
+from ..runtime import tensorboard
 from ..runtime.config import SEED_MAX, check, option
 
 # options a resumed search may change: they do not change the numbers (beyond float rounding for the kernels)
-RESUME_FREE = {"device", "workers", "kernels", "memory_mode", "checkpoint_every"}
+RESUME_FREE = {"device", "workers", "kernels", "memory_mode", "checkpoint_every", "tensorboard"}
 
 
 @dataclass
@@ -62,6 +63,8 @@ class SearchConfig:
     a_weight_decay: float = option(1e-3, "weight decay of α", "optimization", at_least=0.0)
     checkpoint_every: int = option(0, "also checkpoint every this many steps (0: at the end of every epoch only)",
                                    "run", at_least=0)
+    tensorboard: bool = option(False, "also log the metrics (and at the end the figures) for TensorBoard in "
+                                      "OUT/tensorboard; needs the tensorboard package", "run")
     device: str = option("auto", "cpu, cuda or auto", "run")
     memory_mode: str = option(DEFAULT_MEMORY_MODE, "supernet memory mode: lean (fused, about half the memory), "
                                                    "recompute (least memory, recomputes in backward) or reference "
@@ -71,6 +74,8 @@ class SearchConfig:
 
     def validate(self):
         check(self)
+        if self.tensorboard:
+            tensorboard.check_available()
         if self.resolved_order() != "one-level" and self.val_fraction == 0:
             raise UsageError("val-fraction must be above 0 for bi-level search (first or second order), got 0")
 

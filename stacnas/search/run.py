@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from .. import files, fused, genotypes
+from .. import files, fused, genotypes, report
 from ..data import datasets, get_loaders
 from ..names import CELL_TYPES
 from ..nn import Supernet
@@ -166,6 +166,7 @@ def _write_result(out: Path, genotype, summary: dict) -> None:
     genotypes.save(genotype, out / "genotype.txt")
     files.write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     print(render_summary(summary, out))
+    report.after_run(out)
 
 
 def render_summary(summary: dict, out: Path) -> str:
@@ -197,6 +198,9 @@ def run_clustering(cfg: SearchConfig, out_dir: str, force: bool = False) -> Clus
     space = _checked_space(cfg)
     run = _start(cfg, out_dir, force, resume=False, bilevel_split=False)
     try:
-        return auto_clusters(run, space)
+        clusters = auto_clusters(run, space)
+        if run.ctx.is_main:
+            report.after_run(run.out)
+        return clusters
     finally:
         distributed.teardown(run.ctx)

@@ -30,9 +30,10 @@ class Run:
     order: str
     started: float = field(default_factory=time.time)
 
-    @property
-    def metrics(self) -> MetricsLog:
-        return MetricsLog(self.out / "metrics.jsonl", enabled=self.ctx.is_main)
+    def metrics(self, edge_ops: dict) -> MetricsLog:
+        """The run's metrics.jsonl (and TensorBoard), for a supernet with these ops on its edges."""
+        return MetricsLog(self.out / "metrics.jsonl", self.ctx.is_main,
+                          self.out / "tensorboard" if self.cfg.tensorboard else None, edge_ops)
 
 
 def _optimizers(model, cfg: SearchConfig, epochs: int):
@@ -67,7 +68,7 @@ class SupernetTraining(EpochLoop):
         w_opt, a_opt, schedule = self.opts
         super().__init__(stage=stage, checkpoint_path=run.out / stage / "checkpoint.pt",
                          stateful={"model": model, "w_opt": w_opt, "a_opt": a_opt, "schedule": schedule},
-                         ctx=run.ctx, device=run.device, loaders=run.loaders, metrics=run.metrics, epochs=epochs,
+                         ctx=run.ctx, device=run.device, loaders=run.loaders, metrics=run.metrics(model.edge_ops), epochs=epochs,
                          checkpoint_every=run.cfg.checkpoint_every, config_hash=run.config_hash)
 
     def begin_epoch(self, epoch: int) -> None:

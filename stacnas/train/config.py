@@ -3,10 +3,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..runtime import tensorboard
 from ..runtime.config import SEED_MAX, check, option
 
 # options a resumed training may change: they do not change the numbers
-RESUME_FREE = {"device", "workers", "checkpoint_every", "compile"}
+RESUME_FREE = {"device", "workers", "checkpoint_every", "tensorboard", "compile"}
 
 
 @dataclass
@@ -51,7 +52,11 @@ class TrainConfig:
     workers: int = option(0, "data-loading worker processes", "data", at_least=0)
     checkpoint_every: int = option(0, "also checkpoint every this many steps (0: at the end of every epoch only)",
                                    "run", at_least=0)
+    tensorboard: bool = option(False, "also log the metrics (and at the end the figures) for TensorBoard in "
+                                      "OUT/tensorboard; needs the tensorboard package", "run")
     device: str = option("auto", "cpu, cuda or auto", "run")
 
     def validate(self):
         check(self)
+        if self.tensorboard:
+            tensorboard.check_available()

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import files, genotypes
+from .. import files, genotypes, report
 from ..data import get_loaders
 from ..errors import UsageError
 from ..runtime import checkpoint, distributed
@@ -118,7 +118,9 @@ class Trainer(EpochLoop):
                          stateful={"model": self.net, "optimizer": self.optimizer, "schedule": self.schedule,
                                    "scaler": self.scaler},
                          ctx=ctx, device=device, loaders=loaders,
-                         metrics=MetricsLog(out / "metrics.jsonl", ctx.is_main), epochs=cfg.epochs,
+                         metrics=MetricsLog(out / "metrics.jsonl", ctx.is_main,
+                                            out / "tensorboard" if cfg.tensorboard else None),
+                         epochs=cfg.epochs,
                          checkpoint_every=cfg.checkpoint_every, config_hash=config_hash(cfg, RESUME_FREE))
 
     def step(self, x, y) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -214,4 +216,5 @@ def _finish(trainer: Trainer, record: dict | None, seconds: float) -> dict:
         print(f"test top-1 {result['test_top1']:.2f}% (top-5 {result['test_top5']:.2f}%) after the last epoch · "
               f"{result['params_m']:.3f}M params · {result['macs_m']:.1f}M multiply-adds · weights in "
               f"{out / 'model.pt'}", flush=True)
+        report.after_run(out)
     return result
