@@ -21,14 +21,16 @@ _FIELDS = Genotype._fields
 
 
 def validate(genotype: Genotype) -> Genotype:
-    """Check ops are known, two inputs per node, and every input is an earlier state."""
+    """Check ops are known, two inputs per node, and every input is an earlier state. `none` is allowed: some
+    published cells keep it (see zero_edges)."""
     for cell_type in CELL_TYPES:
         pairs = getattr(genotype, cell_type)
         if not pairs or len(pairs) % 2:
             raise UsageError(f"genotype: '{cell_type}' needs two (op, input) pairs per node, got {len(pairs)}")
         for i, (op, inp) in enumerate(pairs):
-            if op not in OPS or op == "none":
-                raise UsageError(f"genotype: {cell_type}[{i}] has operation {op!r}, which is not a usable op")
+            if op not in OPS:
+                raise UsageError(f"genotype: {cell_type}[{i}] has operation {op!r}, which is not a usable op "
+                                 f"({', '.join(OPS)})")
             if type(inp) is not int or not 0 <= inp < 2 + i // 2:
                 raise UsageError(f"genotype: {cell_type}[{i}] takes input {inp!r}, but node {i // 2} can only "
                                  f"take 0..{1 + i // 2}")
@@ -172,7 +174,35 @@ PC_DARTS = parse_text(
     "('sep_conv_5x5', 2), ('sep_conv_3x3', 0), ('sep_conv_3x3', 3), ('sep_conv_3x3', 1), ('sep_conv_3x3', 2)], "
     "reduce_concat=range(2, 6))")
 
-KNOWN = {"DARTS_V1": DARTS_V1, "DARTS_V2": DARTS_V2, "DARTS": DARTS_V2, "PDARTS": PDARTS, "PC_DARTS": PC_DARTS}
+# StacNAS' published cells (the figures of its reference implementation's README; ../shared/reference)
+STACNAS_C10 = parse_text(
+    "Genotype(normal=[('sep_conv_3x3', 1), ('skip_connect', 0), ('sep_conv_3x3', 2), ('skip_connect', 0), "
+    "('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 2), ('sep_conv_3x3', 0)], "
+    "normal_concat=[2, 3, 4, 5], reduce=[('skip_connect', 1), ('max_pool_3x3', 0), ('dil_conv_5x5', 2), "
+    "('avg_pool_3x3', 0), ('dil_conv_5x5', 3), ('avg_pool_3x3', 0), ('dil_conv_5x5', 3), ('sep_conv_5x5', 0)], "
+    "reduce_concat=[2, 3, 4, 5])")
+STACNAS_C100 = parse_text(
+    "Genotype(normal=[('skip_connect', 0), ('dil_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1), "
+    "('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1)], "
+    "normal_concat=[2, 3, 4, 5], reduce=[('avg_pool_3x3', 0), ('sep_conv_3x3', 1), ('avg_pool_3x3', 0), "
+    "('dil_conv_5x5', 2), ('dil_conv_5x5', 2), ('sep_conv_5x5', 1), ('sep_conv_3x3', 0), ('dil_conv_5x5', 3)], "
+    "reduce_concat=[2, 3, 4, 5])")
+STACNAS_IMAGENET = parse_text(
+    "Genotype(normal=[('skip_connect', 0), ('skip_connect', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1), "
+    "('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1)], "
+    "normal_concat=[2, 3, 4, 5], reduce=[('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), "
+    "('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1), ('sep_conv_3x3', 0), ('sep_conv_3x3', 1)], "
+    "reduce_concat=[2, 3, 4, 5])")
+
+KNOWN = {"DARTS_V1": DARTS_V1, "DARTS_V2": DARTS_V2, "DARTS": DARTS_V2, "PDARTS": PDARTS, "PC_DARTS": PC_DARTS,
+         "STACNAS_C10": STACNAS_C10, "STACNAS_C100": STACNAS_C100, "STACNAS_IMAGENET": STACNAS_IMAGENET}
+
+
+def zero_edges(genotype: Genotype) -> list[str]:
+    """The pairs that keep `none` ("normal[3]", ...): a final network builds them as DARTS' model.py does, a zero op
+    that adds nothing to its node."""
+    return [f"{cell_type}[{i}]" for cell_type in CELL_TYPES
+            for i, (op, _) in enumerate(getattr(genotype, cell_type)) if op == "none"]
 
 
 def save(genotype: Genotype, path: str | Path) -> None:

@@ -67,8 +67,13 @@ def test_invalid_cells_are_refused():
         parse_text(bad_input)
     with pytest.raises(ValueError, match="not a usable op"):
         parse_text(DARTS_V2_TEXT.replace("('dil_conv_3x3', 2)", "('conv_9x9', 2)"))
-    with pytest.raises(ValueError, match="not a usable op"):
-        parse_text(DARTS_V2_TEXT.replace("('dil_conv_3x3', 2)", "('none', 2)"))
+
+
+def test_none_is_kept_and_named():
+    genotype = parse_text(DARTS_V2_TEXT.replace("('dil_conv_3x3', 2)", "('none', 2)"))
+    assert genotype.normal[7] == ("none", 2)
+    assert genotypes.zero_edges(genotype) == ["normal[7]"]
+    assert genotypes.zero_edges(genotypes.DARTS_V2) == []
 
 
 def test_load_errors(tmp_path):

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from stacnas import genotypes
 from stacnas.genotypes import DARTS_V1, DARTS_V2, PDARTS
 from stacnas.nn import count_parameters
 from stacnas.ops import Identity
@@ -16,6 +17,36 @@ def test_darts_v2_cifar_parameter_count():
 def test_darts_v2_imagenet_parameter_count():
     model = NetworkImageNet(DARTS_V2, C=48, num_classes=1000, layers=14, auxiliary=True)
     assert count_parameters(model.weights_without_auxiliary()) == 4_718_752
+
+
+@pytest.mark.parametrize("name, network, C, classes, layers, expected", [
+    ("STACNAS_C10", NetworkCIFAR, 36, 10, 20, 3_714_382),
+    ("STACNAS_C100", NetworkCIFAR, 36, 100, 20, 4_033_072),
+    ("STACNAS_IMAGENET", NetworkImageNet, 48, 1000, 14, 5_715_040),  # the paper's table: 5.7M
+])
+def test_stacnas_published_cells_parameter_counts(name, network, C, classes, layers, expected):
+    model = network(genotypes.load(name), C=C, num_classes=classes, layers=layers, auxiliary=True)
+    assert count_parameters(model.weights_without_auxiliary()) == expected
+
+
+def test_a_genotype_keeping_none_builds_a_zero_edge():
+    """As DARTS' model.py: `none` becomes a zero op; the node is then its other edge alone."""
+    pairs = list(DARTS_V2.normal)
+    pairs[7] = ("none", 2)  # node 3: skip_connect(0) + none
+    keeping = DARTS_V2._replace(normal=pairs)
+    torch.manual_seed(0)
+    with_zero = NetworkCIFAR(keeping, C=4, num_classes=3, layers=3, auxiliary=False).eval()
+    torch.manual_seed(0)
+    full = NetworkCIFAR(DARTS_V2, C=4, num_classes=3, layers=3, auxiliary=False).eval()
+    dil = full.cells[0]._ops[7]
+    assert count_parameters(full.parameters()) - count_parameters(with_zero.parameters()) == \
+        count_parameters(dil.parameters())
+    x = torch.randn(2, 3, 16, 16)
+    cell = with_zero.cells[0]
+    s0 = s1 = with_zero.stem(x)
+    states = [cell.preprocess0(s0), cell.preprocess1(s1)]
+    assert torch.count_nonzero(cell._ops[7](states[1])) == 0
+    assert with_zero(x)[0].isfinite().all()
 
 
 def test_cifar_forward_with_auxiliary_in_training_only():

@@ -221,3 +221,13 @@ def test_compiled_training_matches_eager(tmp_path):
     b = torch.load(tmp_path / "compiled" / "model.pt", weights_only=True)["model"]
     for k in a:
         torch.testing.assert_close(b[k], a[k], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["STACNAS_C10", "STACNAS_C100", "STACNAS_IMAGENET"])
+def test_stacnas_published_cells_train_by_name(name, tmp_path):
+    from stacnas.cli import main
+
+    out = tmp_path / name
+    assert main(["train", "--preset", "quick", "--genotype", name, "--epochs", "1", "--limit", "64", "--channels",
+                 "4", "--layers", "3", "--out", str(out)]) == 0
+    assert genotypes.load(str(out / "genotype.json")) == genotypes.KNOWN[name]

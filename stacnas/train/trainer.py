@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from .. import files, genotypes, report
 from ..data import get_loaders
-from ..errors import UsageError
+from ..errors import UsageError, warn
 from ..runtime import checkpoint, distributed
 from ..runtime.epochs import EpochLoop
 from ..runtime.metrics import MetricsLog, peak_memory
@@ -176,6 +176,10 @@ def run_train(cfg: TrainConfig, out_dir: str, force: bool = False, resume: bool 
     """Train the genotype from scratch; writes model.pt, result.json, metrics.jsonl, config and environment."""
     cfg.validate()
     genotype = genotypes.load(cfg.genotype)
+    zeros = genotypes.zero_edges(genotype)
+    if zeros:
+        warn(f"the genotype keeps `none` on {', '.join(zeros)}: built as a zero op, as DARTS' model.py does (the "
+             "edge adds nothing to its node)")
     device = distributed.device_for(cfg.device)
     _check_amp(cfg, device)
     if not resume:
