@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check: build the CUDA extension, run the kernel tests on CUDA (Triton compiled, not interpreted; fp16 and
+# The GPU check: build the CUDA extension, run every backend's self-check (stacnas info --verify), the kernel tests on CUDA (Triton compiled, not interpreted; fp16 and
 # bf16 included), time the kernels (benchmarks/: every backend of the registry, the fused sum against the copy
 # bandwidth) and the supernet modes against each other. Writes everything to benchmarks/results/gpu-<gpu>-<date>.*
 # (or $RESULTS_DIR); commit those files.
@@ -13,6 +13,8 @@ mkdir -p "$(dirname "$stem")"
   echo "== build"
   FORCE_CUDA=1 python3 -m pip install -q --no-build-isolation -e . 2>&1 | grep -v "root' user" || true
   python3 -m stacnas info
+  echo "== self-check of every backend (each op against PyTorch's; also run on a backend's first use)"
+  python3 -m stacnas info --verify || echo "SELF-CHECK FAILED: the failing ops fall back to the next backend"
   echo "== kernel tests on CUDA"
   python3 -m pytest -q tests/test_fused.py tests/test_modes.py tests/test_dropin.py
   echo "== kernel benchmarks"

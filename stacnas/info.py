@@ -8,7 +8,7 @@ import platform
 import torch
 
 from .fused import registry
-from .names import KERNEL_CHOICES
+from .names import KERNEL_BACKENDS, KERNEL_CHOICES
 
 
 def _version(package: str) -> str | None:
@@ -53,4 +53,32 @@ def render(info: dict) -> str:
         lines.append(f"  {op:<32} {' '.join(marked)}")
     lines.append(f"kernel choice: {info['kernels']['default']} (set STACNAS_KERNELS or --kernels to "
                  f"{'|'.join(KERNEL_CHOICES)})")
+    return "\n".join(lines)
+
+
+def verify() -> list[dict]:
+    """The self-check (stacnas.fused.verify) of every backend that runs here, on its home device: one record per
+    backend and op."""
+    records = []
+    for backend in KERNEL_BACKENDS:
+        device = registry.home_device(backend)
+        if backend != "torch" and registry.unavailable(backend, device) is None:
+            records += registry.verification(backend, device).values()
+    return records
+
+
+def render_verification(records: list[dict]) -> str:
+    from .fused.verify import TOLERANCE
+
+    lines = [f"each op against PyTorch's on fixed inputs (largest error relative to the largest value; "
+             f"passes at ≤ {TOLERANCE:g}):",
+             f"  {'backend':<8} {'device':<8} {'op':<32} {'error':>9}  {'result':<6} {'ms':>7}"]
+    for r in records:
+        error = "raised" if r["raised"] else f"{r['error']:.1e}"
+        lines.append(f"  {r['backend']:<8} {r['device']:<8} {r['op']:<32} {error:>9}  "
+                     f"{'ok' if r['ok'] else 'FAILED':<6} {1000 * r['seconds']:7.1f}")
+        if r["raised"]:
+            lines.append(f"      {r['raised']}")
+    if not records:
+        lines.append("  no backend but torch runs here: nothing to check")
     return "\n".join(lines)

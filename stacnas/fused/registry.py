@@ -18,7 +18,7 @@ import os
 
 import torch
 
-from ..errors import UsageError
+from ..errors import UsageError, warn
 from ..names import KERNEL_BACKENDS, KERNEL_CHOICES
 
 OPS = {
@@ -35,6 +35,7 @@ _AUTO_ORDER = {"cpu": ("cpp", "torch"), "cuda": ("cuda", "triton", "torch")}
 
 
 _LOADED = {}  # backend -> its module, imported on first use
+_VERIFIED = {}  # (backend, device) -> {op: its self-check's record} (stacnas.fused.verify), once per process
 
 
 def _module(backend: str):
@@ -155,13 +156,37 @@ def resolve_backend(backend: str | None, device: torch.device) -> str:
     return backend
 
 
+def verification(backend: str, device: torch.device) -> dict[str, dict]:
+    """{op: record} of `backend`'s self-check on `device` (stacnas.fused.verify), run the first time it is asked
+    for; every op that failed it is reported once, here."""
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    key = (backend, str(device))
+    if key not in _VERIFIED:
+        from . import verify
+
+        ops = [op for op, backends in OPS.items() if backend in backends]
+        _VERIFIED[key] = {r["op"]: r for r in verify.verify_backend(backend, _module(backend), ops, device)}
+        for r in _VERIFIED[key].values():
+            if not r["ok"]:
+                warn(f"kernel backend {backend!r} on {device}: {r['op']} " + (
+                    f"raised {r['raised']}" if r["raised"] else f"differs from PyTorch's by {r['error']:.2g} "
+                                                                "(relative) on its self-check")
+                     + "; the next backend computes it instead")
+    return _VERIFIED[key]
+
+
+def _trusted(op: str, backend: str, device: torch.device) -> bool:
+    return backend == "torch" or verification(backend, device)[op]["ok"]
+
+
 @torch.compiler.assume_constant_result
 def provider(op: str, backend: str, device: torch.device) -> str:
     """The backend computing `op` when `backend` (concrete) is chosen for `device`: `backend` itself, or when it does
-    not implement `op`, the first backend of the device's auto order that does and runs there."""
-    if backend not in OPS[op]:
-        order = (*_AUTO_ORDER.get(device.type, ()), "torch")
-        backend = next(b for b in order if b in OPS[op] and unavailable(b, device) is None)
+    not implement `op` or failed its self-check for it, the first backend of the device's auto order that does and
+    runs there."""
+    order = (backend, *_AUTO_ORDER.get(device.type, ()), "torch")
+    backend = next(b for b in order if b in OPS[op] and unavailable(b, device) is None and _trusted(op, b, device))
     _module(backend)  # imported now, not while torch.compile traces
     return backend
 
