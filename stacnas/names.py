@@ -17,3 +17,8 @@ KERNEL_CHOICES = ("auto", *KERNEL_BACKENDS)
 # Search methods and optimization orders (stacnas.search).
 METHODS = ("stacnas", "darts", "random")
 ORDERS = ("auto", "one-level", "first", "second")
+
+# How operator clustering compares op outputs (stacnas.search.clustering): correlation centred per op or per
+# feature position, or linear CKA over channels.
+CLUSTER_STATISTICS = ("element", "sample", "cka")
+SIMILARITY_NAME = {"element": "|corr|", "sample": "|corr|", "cka": "CKA"}  # in reports and figures

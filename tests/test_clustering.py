@@ -4,8 +4,8 @@ import torch
 import torch.nn as nn
 
 from stacnas.nn import Supernet
-from stacnas.search.clustering import (CovarianceAccumulator, average_correlation, build_clusters, cluster_ops,
-                                       pick_representatives, record_correlations, render_report)
+from stacnas.search.clustering import (CKAAccumulator, CovarianceAccumulator, average_correlation, build_clusters,
+                                       cluster_ops, pick_representatives, record_correlations, render_report)
 from stacnas.spaces import SearchSpace
 
 
@@ -112,3 +112,116 @@ def test_supernet_recording_finds_planted_clusters():
     assert model.mode == "lean" and model.training  # recording restores the model
     text = render_report(report)
     assert "dendrogram" in text and "max3" in text
+
+
+def _share_weights(sep3: nn.Module, sep5: nn.Module, noise: float) -> None:
+    """Make a sep_conv_5x5 compute nearly what a sep_conv_3x3 does: its 5×5 depthwise kernels are the 3×3 ones
+    zero-padded (the same convolution, as padding 2 against 1 keeps the centre aligned) plus `noise` on the ring;
+    its pointwise kernels are copied."""
+    with torch.no_grad():
+        for small, large in zip(sep3.op, sep5.op):
+            if isinstance(small, nn.Conv2d) and small.kernel_size == (3, 3):
+                ring = noise * small.weight.std() * torch.randn_like(large.weight)
+                ring[:, :, 1:4, 1:4] = 0.0
+                large.weight.copy_(ring)
+                large.weight[:, :, 1:4, 1:4] += small.weight
+            elif isinstance(small, nn.Conv2d):
+                large.weight.copy_(small.weight)
+
+
+@pytest.mark.parametrize("statistic", ["element", "sample"])
+def test_auto_clustering_groups_convolutions_that_share_most_weights(statistic):
+    """Functional similarity planted in real ops: on every edge sep_conv_5x5 shares sep_conv_3x3's weights (with a
+    little noise); dil_conv_3x3 keeps its own. Automatic clustering puts the two separable convolutions together and
+    the dilated one apart; without the planting (fresh weights) the two stay apart."""
+    ops = ("none", "skip_connect", "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3")
+    images = torch.randn(32, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+
+    def groups(plant: bool):
+        torch.manual_seed(0)
+        model = Supernet(SearchSpace("p", ops, ops), C=4, layers=3, nodes=2, num_classes=3, in_channels=1)
+        if plant:
+            for cell in model.cells:
+                for mixed in cell._ops:
+                    names = list(mixed.primitives)
+                    _share_weights(mixed._ops[names.index("sep_conv_3x3")], mixed._ops[names.index("sep_conv_5x5")],
+                                   noise=0.1)
+        clusters, report = build_clusters(model, images, 16, "cpu", list(ops), 0.5, None, "first", statistic)
+        assert report["statistic"] == statistic
+        return clusters.groups
+
+    planted = groups(plant=True)
+    together = next(g for g in planted if "sep_conv_3x3" in g)
+    assert "sep_conv_5x5" in together and "dil_conv_3x3" not in together
+    fresh = groups(plant=False)
+    assert "sep_conv_5x5" not in next(g for g in fresh if "sep_conv_3x3" in g)
+
+
+@pytest.mark.parametrize("splits", [[40], [1, 39], [13, 13, 14]])
+def test_sample_statistic_centres_each_position_over_samples(splits):
+    """The `sample` statistic: with one mean per feature position, the co-moment is the sum over positions of each
+    position's co-moment over the samples, whatever the batches."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(40, 6, 3, generator=gen, dtype=torch.float64) + torch.linspace(-50, 50, 6)[None, :, None]
+    acc = CovarianceAccumulator(3)
+    for chunk in x.split(splits):
+        acc.update(chunk)
+    centred = x - x.mean(0)
+    expected = torch.einsum("npi,npj->ij", centred, centred)
+    torch.testing.assert_close(acc.m2, expected, rtol=1e-10, atol=1e-10)
+    # the element statistic over the same data centres by one mean and so sees the positions' offsets
+    flat = CovarianceAccumulator(3)
+    flat.update(x.reshape(-1, 3))
+    assert (flat.m2.diagonal() > 10 * acc.m2.diagonal()).all()
+
+
+def test_cka_is_linear_cka_and_ignores_a_rotation_of_channels():
+    gen = torch.Generator().manual_seed(5)
+    x = torch.randn(500, 6, generator=gen, dtype=torch.float64)
+    rotation, _ = torch.linalg.qr(torch.randn(6, 6, generator=gen, dtype=torch.float64))
+    other = torch.randn(500, 6, generator=gen, dtype=torch.float64)
+    acc = CKAAccumulator(3)
+    for chunk in torch.stack([x, 3 * x @ rotation + 1, other], dim=1).split([100, 250, 150]):
+        acc.update(chunk)
+    cka = acc.correlation()
+
+    def linear_cka(a, b):  # Kornblith et al.'s formula on centred data
+        a, b = a - a.mean(0), b - b.mean(0)
+        return ((a.T @ b).norm() ** 2 / ((a.T @ a).norm() * (b.T @ b).norm())).item()
+
+    assert cka[0, 1] == pytest.approx(1.0, abs=1e-10)
+    assert cka[0, 2] == pytest.approx(linear_cka(x, other), rel=1e-10)
+    assert cka[0, 2] < 0.2 and cka.diagonal().tolist() == pytest.approx([1.0] * 3)
+
+
+def test_outputs_before_the_trailing_batchnorm():
+    from stacnas.ops import search_op
+    from stacnas.search.clustering import without_trailing_bn
+
+    sep, pool, skip = search_op("sep_conv_3x3", 4, 1), search_op("max_pool_3x3", 4, 1), search_op("skip_connect", 4, 1)
+    assert not isinstance(without_trailing_bn(sep)[-1], nn.BatchNorm2d) and len(without_trailing_bn(sep)) == 7
+    assert isinstance(without_trailing_bn(pool)[0], nn.MaxPool2d) and len(without_trailing_bn(pool)) == 1
+    assert without_trailing_bn(skip) is skip
+
+
+def test_similarity_study_measures_every_variant_at_every_milestone(tmp_path):
+    from stacnas.names import CLUSTER_STATISTICS
+    from stacnas.runtime.config import resolve
+    from stacnas.search import SearchConfig
+    from stacnas.search.run import run_similarity_study
+
+    cfg = resolve(SearchConfig, "search", "quick", None, {"limit": 64, "channels": 4, "cluster_layers": 3,
+                                                         "cluster_images": 16, "batch_size": 32})
+    variants = [(s, b) for s in CLUSTER_STATISTICS for b in (False, True)]
+    records = run_similarity_study(cfg, str(tmp_path / "run"), [1, 2], variants)
+    assert [(r["epochs"], r["statistic"], r["before_bn"]) for r in records] == [(e, s, b) for e in (1, 2)
+                                                                                 for s, b in variants]
+    for r in records:
+        assert r["ops"] == ["max_pool_3x3", "avg_pool_3x3", "skip_connect", "sep_conv_3x3", "sep_conv_5x5",
+                            "dil_conv_3x3", "dil_conv_5x5"]
+        assert isinstance(r["paper_groups"], bool)
+        assert all(v is None or -1.0 <= v <= 1.0 for row in r["correlation"]["mean"] for v in row)
+    cka = [r for r in records if r["statistic"] == "cka"]
+    assert all(v is None or v >= 0.0 for r in cka for row in r["correlation"]["mean"] for v in row)
+    # the same warm-up: one metrics line per epoch
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 2

@@ -8,6 +8,7 @@ import math
 
 from matplotlib.figure import Figure
 
+from ..names import SIMILARITY_NAME
 from ..ops import OPS, short_name
 from ..spaces import edge_endpoints, state_name
 from .run_folder import RunFolder
@@ -98,11 +99,12 @@ def _cut_distance(report: dict) -> float:
 
 
 def clustering_figure(report: dict) -> Figure:
-    """|corr| heat maps (normal, reduce, mean over both) and the dendrogram of average linkage on 1 − |corr| with
-    the cut; `report` is an automatic clustering's clusters.json."""
+    """Similarity heat maps (|corr| or CKA; normal, reduce, mean over both) and the dendrogram of average linkage on
+    1 − similarity with the cut; `report` is an automatic clustering's clusters.json."""
     from scipy.cluster.hierarchy import dendrogram
 
     names = [short_name(op) for op in report["ops"]]
+    similarity = SIMILARITY_NAME[report.get("statistic", "element")]
     fig = Figure(figsize=(19, 4.6), layout="constrained")
     axes = fig.subplots(1, 4, width_ratios=[1, 1, 1, 1.2])
     image = None
@@ -116,7 +118,7 @@ def clustering_figure(report: dict) -> Figure:
                 if not math.isnan(v):
                     ax.text(j, i, f"{v:.2f}", ha="center", va="center", fontsize=7,
                             color="black" if v > 0.6 else "white")
-        ax.set_title({"mean": "|corr|, both cell types"}.get(key, f"|corr|, {key} cells"))
+        ax.set_title(f"{similarity}, " + ("both cell types" if key == "mean" else f"{key} cells"))
     fig.colorbar(image, ax=axes[:3], shrink=0.8)
     ax = axes[3]
     if report["linkage"]:
@@ -125,7 +127,7 @@ def clustering_figure(report: dict) -> Figure:
         ax.axhline(cut, color="crimson", ls="--", lw=1.2)
         ax.text(ax.get_xlim()[1], cut, f" cut {cut:.2f}", color="crimson", va="bottom", ha="right")
         ax.set_ylim(0, max(1.0, cut + 0.05))
-    ax.set_ylabel("distance 1 − |corr|")
+    ax.set_ylabel(f"distance 1 − {similarity}")
     ax.set_title("average linkage: " + "  ".join("{" + ", ".join(map(short_name, g)) + "}"
                                                   for g in report["groups"]), fontsize=9)
     return fig

@@ -5,7 +5,9 @@ edge of node 0 and the last edge of the last node of every cell) is recorded on 
 images, before any α weighting. Every element of an op's output (sample × channel × pixel) is one observation
 of that op, so an edge with K ops gives a stream of K-vectors; their K×K covariance is accumulated in one pass
 with Chan's parallel update in float64 (no outputs stored), turned into a correlation matrix per edge, and
-averaged per cell type and overall. Ops are clustered by average-linkage hierarchical clustering on the
+averaged per cell type and overall. The `sample` statistic is StacNAS' reference's instead: each sample's output
+is one observation, each feature position centred by its own mean over the samples, the products summed over
+positions. Ops are clustered by average-linkage hierarchical clustering on the
 distance 1 − |corr|. `none` (all zeros) and `noise` (independent of the input) have no meaningful correlation:
 they always stand alone (`none` is added to every edge by the search, `noise` becomes its own cluster).
 """
@@ -15,8 +17,9 @@ import math
 
 import numpy as np
 import torch
+import torch.nn as nn
 
-from ..names import CELL_TYPES
+from ..names import CELL_TYPES, SIMILARITY_NAME
 from ..nn import MixedOp
 from ..ops import short_name
 from ..spaces import Clusters
@@ -25,26 +28,34 @@ ALONE = ("none", "noise")
 
 
 class CovarianceAccumulator:
-    """Running mean and co-moment matrix of K variables, merged batch by batch (Chan, Golub & LeVeque)."""
+    """Running means and co-moment matrix of K variables, merged batch by batch (Chan, Golub & LeVeque).
+
+    Each observation is a (positions, K) array: the mean is kept per position, and the co-moment sums the products
+    of deviations over positions and observations. An (observations, K) input is the plain K-variable covariance.
+    """
 
     def __init__(self, k: int):
         self.n = 0
-        self.mean = torch.zeros(k, dtype=torch.float64)
+        self.mean = torch.zeros(1, k, dtype=torch.float64)  # (positions, K), sized by the first update
         self.m2 = torch.zeros(k, k, dtype=torch.float64)
 
     def update(self, x: torch.Tensor) -> None:
-        """x: (observations, K), on any device (the sums follow it there, in float64)."""
+        """x: (observations, K) or (observations, positions, K), on any device (the sums follow it there, in
+        float64)."""
         x = x.detach().double()
+        if x.dim() == 2:
+            x = x[:, None, :]
         nb = x.shape[0]
         if nb == 0:
             return
-        self.mean, self.m2 = self.mean.to(x.device), self.m2.to(x.device)
+        if self.n == 0:
+            self.mean = torch.zeros_like(x[0])
+        self.m2 = self.m2.to(x.device)
         mean_b = x.mean(0)
-        centered = x - mean_b
-        m2_b = centered.T @ centered
+        centered = (x - mean_b).reshape(-1, x.shape[-1])
         n = self.n + nb
         delta = mean_b - self.mean
-        self.m2 += m2_b + torch.outer(delta, delta) * (self.n * nb / n)
+        self.m2 += centered.T @ centered + (delta.T @ delta) * (self.n * nb / n)
         self.mean += delta * (nb / n)
         self.n = n
 
@@ -61,6 +72,49 @@ class CovarianceAccumulator:
         return corr.clamp(-1.0, 1.0)
 
 
+class CKAAccumulator:
+    """Linear CKA (Kornblith et al., 2019) between the channel representations of K ops: every pixel of every image
+    is one observation of each op's C channels; the (K·C)×(K·C) covariance is accumulated as above, and
+    CKA(k, l) = ‖Σ_kl‖²_F / (‖Σ_kk‖_F ‖Σ_ll‖_F) from its blocks. Unlike an element-wise correlation it does not
+    change when an op's channels are rotated or scaled together: two convolutions computing the same features in
+    other channel orders count as similar."""
+
+    def __init__(self, k: int):
+        self.k, self.cov = k, None  # sized by the first update
+
+    def update(self, x: torch.Tensor) -> None:
+        """x: (observations, K, C)."""
+        if self.cov is None:
+            self.channels, self.cov = x.shape[-1], CovarianceAccumulator(self.k * x.shape[-1])
+        self.cov.update(x.reshape(len(x), -1))
+
+    def correlation(self) -> torch.Tensor:
+        """The K×K CKA matrix (in [0, 1]; NaN for an op with zero variance), where the correlations go."""
+        k, c = self.k, self.channels
+        blocks = self.cov.m2.cpu().reshape(k, c, k, c).permute(0, 2, 1, 3)  # (K, K, C, C)
+        squared = blocks.pow(2).sum((-1, -2))
+        norms = squared.diagonal().sqrt()
+        return (squared / torch.outer(norms, norms)).clamp(0.0, 1.0)
+
+
+def without_trailing_bn(op: nn.Module) -> nn.Module:
+    """The op up to its trailing BatchNorm (DARTS' convolutions end in one; a search edge's pools are followed by
+    one); an op without one unchanged."""
+    body = op if isinstance(op, nn.Sequential) else getattr(op, "op", None)
+    if isinstance(body, nn.Sequential) and isinstance(body[-1], nn.BatchNorm2d):
+        return body[:-1]
+    return op
+
+
+def _observations(outputs: list[torch.Tensor], statistic: str) -> torch.Tensor:
+    """The ops' outputs (each (N, C, ...)) as the observations `statistic` correlates."""
+    if statistic == "cka":  # (N·pixels, K, C): one observation per pixel, of each op's channels
+        stacked = torch.stack([o.flatten(2) for o in outputs], dim=1)  # (N, K, C, pixels)
+        return stacked.permute(0, 3, 1, 2).reshape(-1, len(outputs), outputs[0].shape[1])
+    stacked = torch.stack([o.reshape(len(o), -1) for o in outputs], dim=-1)  # (N, features, K)
+    return stacked.reshape(-1, len(outputs)) if statistic == "element" else stacked
+
+
 def recorded_edges(num_edges: int) -> tuple[int, int]:
     """The edges whose outputs are recorded in every cell: the first edge of node 0 and the last edge of the
     last node."""
@@ -68,11 +122,16 @@ def recorded_edges(num_edges: int) -> tuple[int, int]:
 
 
 @torch.no_grad()
-def record_correlations(model, images: torch.Tensor, batch_size: int, device) -> dict:
+def record_correlations(model, images: torch.Tensor, batch_size: int, device, statistic: str = "element",
+                        before_bn: bool = False) -> dict:
     """Correlation matrices of the candidate ops on the recorded edges of every cell of a supernet.
 
     Returns {cell_type: [(ops, K×K correlation), ...]} with one entry per recorded edge and cell. The model is
-    run in eval mode (BN with its running statistics: the outputs are a fixed function of the image).
+    run in eval mode (BN with its running statistics: the outputs are a fixed function of the image). `statistic`
+    (names.CLUSTER_STATISTICS): element centres every element of an op's output by one mean; sample, as StacNAS'
+    reference, flattens each sample's output and centres each feature position by its own mean over the samples;
+    cka is linear CKA over channels instead of a correlation. `before_bn`: each op's output is taken before its
+    trailing BatchNorm.
     """
     was_mode, was_training = model.mode, model.training
     model.set_mode("reference")
@@ -80,10 +139,10 @@ def record_correlations(model, images: torch.Tensor, batch_size: int, device) ->
     accumulators, hooks = [], []
 
     def record(acc, ops, mixed):
+        taps = [without_trailing_bn(mixed._ops[k]) if before_bn else mixed._ops[k] for k in ops]
+
         def hook(_, args):
-            x = args[0]
-            outputs = [mixed._ops[k](x) for k in ops]
-            acc.update(torch.stack([o.reshape(-1) for o in outputs], dim=1))
+            acc.update(_observations([tap(args[0]) for tap in taps], statistic))
         return hook
 
     for cell in model.cells:
@@ -93,7 +152,7 @@ def record_correlations(model, images: torch.Tensor, batch_size: int, device) ->
             ops = [k for k, name in enumerate(mixed.primitives) if name not in ALONE]
             if len(ops) < 2:
                 continue
-            acc = CovarianceAccumulator(len(ops))
+            acc = CKAAccumulator(len(ops)) if statistic == "cka" else CovarianceAccumulator(len(ops))
             accumulators.append((cell_type, tuple(mixed.primitives[k] for k in ops), acc))
             hooks.append(mixed.register_forward_pre_hook(record(acc, ops, mixed)))
     try:
@@ -166,10 +225,11 @@ def pick_representatives(groups, rule: str, alpha: dict[str, float]) -> list[str
     return [max(g, key=lambda op: (alpha.get(op, 0.0), -g.index(op))) for g in groups]
 
 
-def build_clusters(model, images, batch_size, device, ops, threshold, count, rule):
+def build_clusters(model, images, batch_size, device, ops, threshold, count, rule, statistic="element",
+                   before_bn=False):
     """The whole clustering of a warmed-up supernet: (Clusters, report for clusters.json)."""
     clustered = [op for op in ops if op not in ALONE]
-    per_type = record_correlations(model, images, batch_size, device)
+    per_type = record_correlations(model, images, batch_size, device, statistic, before_bn)
     matrices = {t: average_correlation(per_type[t], clustered) for t in CELL_TYPES}
     overall = average_correlation(per_type["normal"] + per_type["reduce"], clustered)
     groups, Z = cluster_ops(overall, clustered, threshold, count) if clustered else ([], None)
@@ -183,7 +243,9 @@ def build_clusters(model, images, batch_size, device, ops, threshold, count, rul
         "source": "auto",
         "alone": [op for op in ops if op in ALONE],
         "ops": clustered,
-        "distance": "1 - |corr|, average linkage",
+        "distance": f"1 - {SIMILARITY_NAME[statistic]}, average linkage",
+        "statistic": statistic,
+        "before_bn": before_bn,
         "cut": {"count": count} if count else {"threshold": threshold},
         "representative_rule": rule,
         "mean_alpha_after_warmup": alpha,
@@ -221,11 +283,12 @@ def render_dendrogram(ops: list[str], linkage_rows: list) -> str:
 
 
 def render_report(report: dict) -> str:
-    parts = ["correlation |corr| averaged over the recorded edges (normal and reduction cells):",
+    name = SIMILARITY_NAME[report.get("statistic", "element")]
+    parts = [f"{name} averaged over the recorded edges (normal and reduction cells):",
              render_matrix(report["ops"], [[None if v is None else abs(v) for v in row]
                                            for row in report["correlation"]["mean"]])]
     if report["linkage"]:
-        parts += ["dendrogram (merges, distance 1 - |corr|):", render_dendrogram(report["ops"], report["linkage"])]
+        parts += [f"dendrogram (merges, distance 1 - {name}):", render_dendrogram(report["ops"], report["linkage"])]
     parts.append("clusters: " + "  ".join(
         "{" + ", ".join(g) + "}" + f" rep {r}" for g, r in zip(report["groups"], report["representatives"])))
     if report["alone"]:

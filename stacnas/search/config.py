@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import UsageError
-from ..names import DEFAULT_MEMORY_MODE, KERNEL_CHOICES, MEMORY_MODES, METHODS, ORDERS
+from ..names import CLUSTER_STATISTICS, DEFAULT_MEMORY_MODE, KERNEL_CHOICES, MEMORY_MODES, METHODS, ORDERS
 from ..runtime import tensorboard
 from ..runtime.config import SEED_MAX, check, option
 
@@ -50,6 +50,12 @@ class SearchConfig:
                                       at_least=0.0, at_most=1.0)
     cluster_count: int = option(0, "cut into this many clusters instead of at the threshold (0: use the threshold)",
                                 "clustering", at_least=0)
+    cluster_statistic: str = option("element", "similarity of op outputs: element (correlation, every output "
+                                               "element an observation), sample (correlation as StacNAS' reference: "
+                                               "an observation per image, a mean per feature position) or cka "
+                                               "(linear CKA over channels)", "clustering",
+                                    choices=list(CLUSTER_STATISTICS))
+    cluster_before_bn: bool = option(False, "compare the op outputs before their trailing BatchNorm", "clustering")
     cluster_representative: str = option("alpha", "representative of a cluster: alpha (highest mean softmax weight "
                                                   "after warm-up) or first (first listed)", "clustering",
                                          choices=["alpha", "first"])

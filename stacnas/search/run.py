@@ -20,20 +20,25 @@ from ..nn import Supernet
 from ..ops import short_name
 from ..runtime import checkpoint, distributed, run_dir
 from ..runtime.metrics import peak_memory
-from ..spaces import Clusters, SearchSpace, load_space
+from ..spaces import PAPER_CLUSTERS, Clusters, SearchSpace, load_space
 from . import clustering
 from .config import RESUME_FREE, SearchConfig
 from .stages import chosen_clusters, random_genotype, resolve_clusters, stage1_space, stage2_space
-from .training import Run, train_supernet
+from .training import Run, SupernetTraining, train_supernet
+
+
+def _supernet(run: Run, space: SearchSpace, layers: int) -> Supernet:
+    """A fresh supernet (weights and α from the run's seed)."""
+    cfg, info = run.cfg, run.loaders.info
+    torch.manual_seed(cfg.seed)
+    return Supernet(space, C=cfg.channels, layers=layers, nodes=cfg.nodes, num_classes=info.num_classes,
+                    in_channels=info.in_channels, mode=cfg.memory_mode, kernels=cfg.kernels).to(run.device)
 
 
 def _stage(run: Run, name: str, space: SearchSpace, layers: int, epochs: int, order: str):
     """A fresh supernet (new weights, new α) trained for one stage; reloaded when a resumed run finished it with
     this configuration (its stage.json says so)."""
-    cfg, info = run.cfg, run.loaders.info
-    torch.manual_seed(cfg.seed)
-    model = Supernet(space, C=cfg.channels, layers=layers, nodes=cfg.nodes, num_classes=info.num_classes,
-                     in_channels=info.in_channels, mode=cfg.memory_mode, kernels=cfg.kernels).to(run.device)
+    model = _supernet(run, space, layers)
     folder = run.out / name
     if run.resume and run_dir.finished(folder, run.config_hash):
         model.load_state_dict(checkpoint.read(folder / "supernet.pt", map_location=run.device))
@@ -69,7 +74,8 @@ def auto_clusters(run: Run, space: SearchSpace) -> Clusters:
     model = _stage(run, "cluster", space, cfg.cluster_layers, cfg.cluster_epochs, "one-level")
     clusters, report = clustering.build_clusters(model, _cluster_images(cfg), cfg.batch_size, run.device, space.ops(),
                                                  cfg.cluster_threshold, cfg.cluster_count or None,
-                                                 cfg.cluster_representative)
+                                                 cfg.cluster_representative, cfg.cluster_statistic,
+                                                 cfg.cluster_before_bn)
     if run.ctx.is_main:
         files.write_text(path, json.dumps({**report, "config_hash": run.config_hash}, indent=2) + "\n")
         print(clustering.render_report(report), flush=True)
@@ -202,5 +208,36 @@ def run_clustering(cfg: SearchConfig, out_dir: str, force: bool = False) -> Clus
         if run.ctx.is_main:
             report.after_run(run.out)
         return clusters
+    finally:
+        distributed.teardown(run.ctx)
+
+
+def run_similarity_study(cfg: SearchConfig, out_dir: str, milestones: list[int], variants: list[tuple[str, bool]],
+                         force: bool = False) -> list[dict]:
+    """The measurement behind automatic clustering's defaults: one warm-up supernet over the space's ops (the
+    `cluster` stage, one-level) trained for max(milestones) epochs; after each milestone epoch the ops' outputs are
+    compared in each (statistic, before_bn) variant. One record per (epochs, variant): the clustering report
+    (matrices, linkage, groups at the configured cut) and whether the groups are the published ones. The learning
+    rate follows one cosine schedule over max(milestones) epochs (a shorter warm-up would have annealed it)."""
+    space = _checked_space(cfg)
+    run = _start(cfg, out_dir, force, resume=False, bilevel_split=False)
+    images, records = _cluster_images(cfg), []
+    paper = {frozenset(g) for g in PAPER_CLUSTERS.restricted_to(space.ops()).groups}
+
+    class Measured(SupernetTraining):
+        def end_epoch(self, epoch, total, started):
+            logged = super().end_epoch(epoch, total, started)
+            if epoch + 1 in milestones:
+                for statistic, before_bn in variants:
+                    clusters, report = clustering.build_clusters(
+                        self.model, images, cfg.batch_size, run.device, space.ops(), cfg.cluster_threshold,
+                        cfg.cluster_count or None, cfg.cluster_representative, statistic, before_bn)
+                    records.append({"epochs": epoch + 1, **report,
+                                    "paper_groups": {frozenset(g) for g in clusters.groups} == paper})
+            return logged
+
+    try:
+        Measured(run, "cluster", _supernet(run, space, cfg.cluster_layers), max(milestones), "one-level").run(False)
+        return records
     finally:
         distributed.teardown(run.ctx)
