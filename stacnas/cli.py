@@ -21,6 +21,10 @@ class _Parser(argparse.ArgumentParser):
 def _cmd_info(args) -> int:
     from . import info
 
+    if args.verify:
+        records = info.verify()
+        print(json.dumps(records, indent=2) if args.json else info.render_verification(records))
+        return 0 if all(r["ok"] for r in records) else 1
     data = info.collect()
     print(json.dumps(data, indent=2) if args.json else info.render(data))
     return 0
@@ -139,12 +143,19 @@ def _cmd_run(args) -> int:
     return 0
 
 
-def _cmd_bench(args) -> int:
-    from .bench import BenchConfig, main as bench_main
+def _cmd_bench_supernet(args) -> int:
+    from .bench.supernet import BenchConfig, main as bench_main
     from .runtime.config import resolve
 
     overrides = {name: getattr(args, name) for name in args.config_fields}
     bench_main(resolve(BenchConfig, "bench", None, None, overrides), args.out)
+    return 0
+
+
+def _cmd_bench_search(args) -> int:
+    from .bench.search_quality import QualityConfig, run_benchmark
+
+    run_benchmark(_config(args, QualityConfig, "bench-search"), args.out)
     return 0
 
 
@@ -168,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="versions and which kernel backends this build has (and why not)",
                        description="Print versions and which kernel backends (C++ CPU, CUDA, Triton) work here.")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON instead of text")
+    p.add_argument("--verify", action="store_true",
+                   help="run every backend's self-check (each op against PyTorch's on fixed inputs) and print a "
+                        "table; exit status 1 if one fails (the same checks run on a backend's first use)")
     p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("genotype", help="print a genotype as DARTS text or JSON",
@@ -273,14 +287,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="replace --out if it exists")
     p.set_defaults(func=_cmd_report)
 
-    from .bench import BenchConfig
+    from .bench.search_quality import QualityConfig
+    from .bench.supernet import BenchConfig
 
-    p = sub.add_parser("bench", help="benchmark the supernet's memory modes side by side",
-                       description="Run the same supernet in each memory mode in one process and report bytes saved "
-                                   "for backward per sample, median step time, peak memory, and ratios to reference.")
-    p.add_argument("what", choices=["supernet"], help="what to benchmark")
-    p.add_argument("--out", default=None, help="write the JSON report to this file")
-    p.set_defaults(func=_cmd_bench, config_fields=add_arguments(p, BenchConfig))
+    p = sub.add_parser("bench", help="benchmarks: the supernet's memory modes, or the search quality of each method",
+                       description="stacnas bench supernet: memory modes side by side; stacnas bench search: "
+                                   "search and train with each method and seed, and compare the cells found.")
+    bench = p.add_subparsers(dest="what", metavar="WHAT", parser_class=_Parser)
+    bench.required = True
+    q = bench.add_parser("supernet", help="the supernet's memory modes side by side",
+                         description="Run the same supernet in each memory mode in one process and report bytes "
+                                     "saved for backward per sample, median step time, peak memory, and ratios to "
+                                     "reference.")
+    q.add_argument("--out", default=None, help="write the JSON report to this file")
+    q.set_defaults(func=_cmd_bench_supernet, config_fields=add_arguments(q, BenchConfig))
+    q = bench.add_parser("search", help="does each method find good cells, and the same ones from seed to seed?",
+                         description="For each method (stacnas, darts, darts-first, random) and seed: search, then "
+                                     "train the found cell with one proxy recipe. Writes OUT/results.json, "
+                                     "OUT/results.md (test accuracy mean ± std, parameters, search time and memory, "
+                                     "stability across seeds, share of parameter-free ops, op histogram) and "
+                                     "OUT/comparison.html; a finished (method, seed) is never redone, so an "
+                                     "interrupted benchmark continues when run again with the same options.")
+    q.add_argument("--preset", choices=presets("bench-search"), default=None,
+                   help="cpu: Fashion-MNIST at a budget of about an hour on 2 cores; paper: CIFAR-10 at the "
+                        "papers' settings (GPUs; torchrun)")
+    q.add_argument("--config", metavar="YAML", help="YAML file of options, including search_options and "
+                                                  "train_options (mappings of search / train options)")
+    q.add_argument("--out", default="runs/search-quality", help="output folder (default: runs/search-quality)")
+    q.set_defaults(func=_cmd_bench_search, config_fields=add_arguments(q, QualityConfig), resume=False,
+                   force=False)
     return parser
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stacnas.bench import saved_bytes
+from stacnas.bench.supernet import saved_bytes
 from stacnas.nn import Supernet
 from stacnas.spaces import BUILTIN_SPACES
 

@@ -19,12 +19,12 @@ from dataclasses import asdict, dataclass, replace
 import torch
 import torch.nn.functional as F
 
-from . import files, fused
-from .names import KERNEL_CHOICES, MEMORY_MODES
-from .nn import Supernet
-from .runtime.config import SEED_MAX, check, option
-from .runtime.distributed import device_for
-from .spaces import load_space
+from .. import files, fused
+from ..names import KERNEL_CHOICES, MEMORY_MODES
+from ..nn import Supernet
+from ..runtime.config import SEED_MAX, check, option
+from ..runtime.distributed import device_for
+from ..spaces import load_space
 
 
 def saved_bytes(step) -> tuple[int, object]:
@@ -124,7 +124,7 @@ def _cuda_peak(model, cfg, batch, device) -> int:
 def peak_rss(cfg: BenchConfig, mode: str) -> int:
     """Peak resident bytes of a fresh process that builds the supernet in `mode` and runs two steps."""
     config = json.dumps({**asdict(cfg), "modes": [mode]})
-    code = ("import json, sys; from stacnas.bench import BenchConfig, _rss_child; "
+    code = ("import json, sys; from stacnas.bench.supernet import BenchConfig, _rss_child; "
             "print(_rss_child(BenchConfig(**json.loads(sys.argv[1]))))")
     result = subprocess.run([sys.executable, "-c", code, config], capture_output=True, text=True, check=True)
     return int(result.stdout.strip().splitlines()[-1])

@@ -25,7 +25,8 @@ SEED_MAX = 2**63 - 1  # torch.manual_seed's largest
 
 def option(default, help, group: str, **meta):
     """A configuration field: its default, its --help text, the --help group it is listed in, argparse extras
-    (choices, type, nargs) and bounds (at_least, above, at_most, below) that check() enforces."""
+    (choices, type, nargs), bounds (at_least, above, at_most, below) that check() enforces, and flag=False for a
+    field set only by a preset or --config."""
     return dataclasses.field(default=default, metadata={"help": help, "group": group, **meta})
 
 
@@ -76,7 +77,7 @@ def check(config) -> None:
 
 
 def presets(command: str) -> list[str]:
-    return sorted(p.stem.split("-", 1)[1] for p in PRESET_DIR.glob(f"{command}-*.yaml"))
+    return sorted(p.stem[len(command) + 1:] for p in PRESET_DIR.glob(f"{command}-*.yaml"))
 
 
 def _read_yaml(path: Path, what: str) -> dict:
@@ -120,6 +121,8 @@ def add_arguments(parser: argparse.ArgumentParser, cls) -> list[str]:
     field names."""
     groups, names = {}, []
     for f in dataclasses.fields(cls):
+        if f.metadata.get("flag") is False:  # set in a preset or --config only (a mapping, say)
+            continue
         group = f.metadata["group"]
         if group not in groups:
             groups[group] = parser.add_argument_group(f"{group} options")

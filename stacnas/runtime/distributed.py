@@ -37,6 +37,11 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ
 
 
+def main_process() -> bool:
+    """Rank 0 of the processes torchrun started, or the only process; known outside a process group too."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def setup(device: torch.device) -> Context:
     """Join the process group torchrun describes in the environment (nothing to do for a single process)."""
     if dist.is_available() and dist.is_initialized():
