@@ -284,7 +284,8 @@ def render_dendrogram(ops: list[str], linkage_rows: list) -> str:
 
 def render_report(report: dict) -> str:
     name = SIMILARITY_NAME[report.get("statistic", "element")]
-    parts = [f"{name} averaged over the recorded edges (normal and reduction cells):",
+    parts = [f"{'linear' if name == 'CKA' else 'correlation'} {name} averaged over the recorded edges (normal and "
+             "reduction cells):",
              render_matrix(report["ops"], [[None if v is None else abs(v) for v in row]
                                            for row in report["correlation"]["mean"]])]
     if report["linkage"]:
