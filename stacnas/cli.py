@@ -309,7 +309,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "OUT/comparison.html; a finished (method, seed) is never redone, so an "
                                      "interrupted benchmark continues when run again with the same options.")
     q.add_argument("--preset", choices=presets("bench-search"), default=None,
-                   help="cpu: Fashion-MNIST at a budget of about an hour on 2 cores; paper: CIFAR-10 at the "
+                   help="cpu: Fashion-MNIST at a budget of about 1.2 hours on 2 cores; paper: CIFAR-10 at the "
                         "papers' settings (GPUs; torchrun)")
     q.add_argument("--config", metavar="YAML", help="YAML file of options, including search_options and "
                                                   "train_options (mappings of search / train options)")
