@@ -20,10 +20,11 @@ import torch
 import torch.nn.functional as F
 
 from .. import files, fused
-from ..names import KERNEL_CHOICES, MEMORY_MODES
+from ..names import AMP_MODES, KERNEL_CHOICES, MEMORY_MODES
 from ..nn import Supernet
 from ..runtime.config import SEED_MAX, check, option
 from ..runtime.distributed import device_for
+from ..runtime.precision import autocast, check_amp
 from ..spaces import load_space
 
 
@@ -83,6 +84,8 @@ class BenchConfig:
     budget_gib: float = option(16.0, "on CUDA, report the largest batch whose peak memory fits this budget",
                                "measurement", above=0.0)
     seed: int = option(0, "seed of the weights, α and the batch", "measurement", at_least=0, at_most=SEED_MAX)
+    amp: str = option("none", "run the forward passes under autocast: none, bf16 or fp16 (fp16 on CUDA only)", "run",
+                      choices=list(AMP_MODES))
     device: str = option("auto", "cpu, cuda or auto", "run")
     threads: int = option(0, "CPU threads (0: torch's default)", "run", at_least=0)
 
@@ -102,9 +105,15 @@ def _batch(cfg, batch, device):
     return x.to(device), torch.randint(0, cfg.num_classes, (batch,), generator=g).to(device)
 
 
-def _step(model, x, y):
+def _loss(model, x, y, amp: str):
+    with autocast(amp, x.device):
+        logits = model(x)
+    return F.cross_entropy(logits.float(), y)
+
+
+def _step(model, x, y, amp: str):
     model.zero_grad(set_to_none=True)
-    F.cross_entropy(model(x), y).backward()
+    _loss(model, x, y, amp).backward()
 
 
 def _sync(device):
@@ -116,7 +125,7 @@ def _cuda_peak(model, cfg, batch, device) -> int:
     x, y = _batch(cfg, batch, device)
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats(device)
-    _step(model, x, y)
+    _step(model, x, y, cfg.amp)
     _sync(device)
     return torch.cuda.max_memory_allocated(device)
 
@@ -137,7 +146,7 @@ def _rss_child(cfg: BenchConfig) -> int:
     x, y = _batch(cfg, cfg.batch_size, device)
     with _PeakRSS() as rss:
         for _ in range(2):
-            _step(model, x, y)
+            _step(model, x, y, cfg.amp)
             _sync(device)
     return rss.peak
 
@@ -146,11 +155,12 @@ def run(cfg: BenchConfig) -> dict:
     device = device_for(cfg.device)
     torch.set_num_threads(cfg.threads)
     fused.resolve_backend(cfg.kernels, device)  # fail now on a backend that cannot run here
+    check_amp(cfg.amp, device)
     models = {mode: _model(cfg, mode, device) for mode in cfg.modes}
     x, y = _batch(cfg, cfg.batch_size, device)
     results = {}
     for mode, model in models.items():
-        nbytes, loss = saved_bytes(lambda: F.cross_entropy(model(x), y))
+        nbytes, loss = saved_bytes(lambda: _loss(model, x, y, cfg.amp))
         loss.backward()
         results[mode] = {"saved_bytes_per_sample": nbytes / cfg.batch_size}
     times = {mode: [] for mode in models}
@@ -158,7 +168,7 @@ def run(cfg: BenchConfig) -> dict:
         for mode, model in models.items():
             _sync(device)
             start = time.perf_counter()
-            _step(model, x, y)
+            _step(model, x, y, cfg.amp)
             _sync(device)
             if i >= cfg.warmup:
                 times[mode].append(time.perf_counter() - start)
@@ -202,7 +212,8 @@ def render(report: dict) -> str:
     lines = [f"supernet benchmark on {report['machine']['device']} ({report['config']['threads']} threads), "
              f"C={report['config']['channels']}, {report['config']['layers']} cells, "
              f"{report['config']['image_size']}x{report['config']['image_size']}, "
-             f"batch {report['config']['batch_size']}",
+             f"batch {report['config']['batch_size']}"
+             + (f", autocast {report['config']['amp']}" if report['config'].get('amp', 'none') != 'none' else ""),
              head]
     for mode, r in report["results"].items():
         line = (f"{mode:<10} {r['saved_bytes_per_sample'] / 2**20:>16.1f} {r.get('saved_bytes_ratio', 1):>6.3f} "

@@ -9,6 +9,10 @@
   - a cell's preprocess keeps the previous cell's output, not ReLU of it.
 The result equals the reference MixedOps' to rounding (the fused sum, BN statistics and the routes associate their
 sums differently; tests compare against float64).
+
+Under torch.autocast the convolutions run in the autocast dtype, as the reference's do, and hand their results back
+in the weights' dtype: the sums, folded BNs, pools and states stay in float32 (the reference's sum(w * op(x))
+promotes to float32 too), so the fused kernels always see one dtype and accumulate in float32.
 """
 from __future__ import annotations
 
@@ -95,6 +99,15 @@ def lean_preprocess(op: nn.Module, s: torch.Tensor, backend=None) -> torch.Tenso
     return x if bn is None else bn(x)
 
 
+def common_dtype(xs, w) -> torch.dtype:
+    """The dtype a node sums in: PyTorch's promotion of its terms and weights, as the reference's sum(w * op(x))
+    promotes (under autocast, an op left in bfloat16 with float32 weights sums in float32)."""
+    dtype = w.dtype
+    for x in xs:
+        dtype = torch.promote_types(dtype, x.dtype)
+    return dtype
+
+
 def terms(edges):
     """(j, k, op) for every candidate op k of edge j but `none` (its output is 0: it adds nothing to the sum)."""
     return [(j, k, op) for j, edge in enumerate(edges) for k, op in enumerate(edge._ops) if not recognize.is_none(op)]
@@ -120,6 +133,8 @@ def lean_node(edges, states, weights, backend=None, out: CellOutput | None = Non
         running_mean = torch.stack([bn.running_mean if bn is not None else xs[0].new_zeros(C) for bn in bns])
         running_var = torch.stack([bn.running_var if bn is not None else xs[0].new_ones(C) for bn in bns])
     w = weights[[j for j, _, _ in found], [k for _, k, _ in found]]
+    dtype = common_dtype(xs, w)
+    xs, w = [x.to(dtype) for x in xs], w.to(dtype)
     y, mean, var = fused.mixed_sum(xs, w, normalize, running_mean, running_var, training, eps, backend=backend,
                                    out=None if out is None else out.slot(xs[0]))
     if training:

@@ -12,7 +12,7 @@ from .. import fused
 from . import recognize
 from .batchnorm import frozen_running_stats
 from .cell_output import CellOutput
-from .lean import lean_term, shared_relu, terms
+from .lean import common_dtype, lean_term, shared_relu, terms
 
 
 def _rng_state(device):
@@ -30,6 +30,15 @@ def _replayed_rng(device, state):
         yield
 
 
+def _autocast_state(device):
+    """A context that recreates the forward's autocast state (backward runs outside it): the recomputed terms must
+    be the forward's."""
+    if not torch.is_autocast_enabled(device.type):
+        return contextlib.nullcontext
+    dtype = torch.get_autocast_dtype(device.type)
+    return lambda: torch.autocast(device.type, dtype=dtype)
+
+
 class RecomputeNode(torch.autograd.Function):
     """y = sum over terms t of w_t · op_t(states[s_t]), written into the next slot of `out` (a CellOutput) when
     given; keeps only the states and w."""
@@ -44,11 +53,13 @@ class RecomputeNode(torch.autograd.Function):
                 rng[t] = _rng_state(states[s].device)
             x, bn = lean_term(op, states[s], relu_of(s), backend)
             o = x if bn is None else bn(x)  # transient: one term at a time; bn updates its statistics once
+            o = o.to(common_dtype([o], w))
             if y is None:
                 y = torch.mul(o, w[t], out=out.slot(o) if out is not None else torch.empty_like(o))
             else:
                 y.addcmul_(o, w[t])
         ctx.node_terms, ctx.rng, ctx.backend = node_terms, rng, backend
+        ctx.autocast = _autocast_state(states[0].device)
         ctx.save_for_backward(w, *states)
         return y
 
@@ -62,8 +73,9 @@ class RecomputeNode(torch.autograd.Function):
         grad_params, grad_w = [], torch.zeros_like(w)
         for t, (s, op, params) in enumerate(ctx.node_terms):
             replay = _replayed_rng(leaves[s].device, ctx.rng[t]) if t in ctx.rng else contextlib.nullcontext()
-            with frozen_running_stats(op), torch.enable_grad(), replay:
+            with frozen_running_stats(op), torch.enable_grad(), replay, ctx.autocast():
                 x, bn = lean_term(op, leaves[s], relu_of(s), ctx.backend)
+                x = x.to(common_dtype([x], w))
             grad_x, grad_w[t] = _term_backward(grad, x.detach(), bn, w[t:t + 1], ctx.backend)
             wanted = ([leaves[s]] if leaves[s].requires_grad else []) + [p for p in params if p.requires_grad]
             found = iter(torch.autograd.grad(x, wanted, grad_x, allow_unused=True) if x.requires_grad and wanted

@@ -41,6 +41,7 @@ class NormReLUConv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, stride, padding, dilation, groups, act, mean, var, training, eps, backend):
+        x = x.to(weight.dtype)  # under autocast a bfloat16 input (the stem's output): kept as backward computes
         if act is None:
             act = activation(x, mean, var, eps)
         ctx.save_for_backward(x, weight, mean, var)
@@ -65,6 +66,7 @@ class Conv(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, stride, padding, dilation, groups, backend):
+        x = x.to(weight.dtype)  # as NormReLUConv's
         ctx.save_for_backward(x, weight)
         ctx.conv, ctx.backend = (stride, padding, dilation, groups), backend
         return conv_forward(x, weight, stride, padding, dilation, groups)
@@ -85,13 +87,16 @@ def _pointwise(x, weight, stride, padding, groups) -> bool:
 
 def conv_forward(x, weight, stride, padding, dilation, groups):
     """F.conv2d(x, weight, None, stride, padding, dilation, groups); pointwise convs as matrix products on CPUs
-    (equal to rounding)."""
+    (equal to rounding). Under autocast the product runs in its dtype and the result is handed back in the weight's
+    (the lean supernet keeps its states in float32; stacnas.nn.lean)."""
     if _pointwise(x, weight, stride, padding, groups):
         n, c_out = x.shape[0], weight.shape[0]
         # bmm with the weight expanded (a view): torch.matmul would copy x to fold the batch into one product
         matrix = weight.reshape(1, c_out, -1).expand(n, -1, -1)
-        return torch.bmm(matrix, x.reshape(n, x.shape[1], -1)).view(n, c_out, *x.shape[2:])
-    return F.conv2d(x, weight, None, stride, padding, dilation, groups)
+        y = torch.bmm(matrix, x.reshape(n, x.shape[1], -1)).view(n, c_out, *x.shape[2:])
+    else:
+        y = F.conv2d(x, weight, None, stride, padding, dilation, groups)
+    return y.to(weight.dtype)
 
 
 def conv_backward(grad, x, weight, stride, padding, dilation, groups, needs, backend=None):

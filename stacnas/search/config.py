@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import UsageError
-from ..names import CLUSTER_STATISTICS, DEFAULT_MEMORY_MODE, KERNEL_CHOICES, MEMORY_MODES, METHODS, ORDERS
+from ..names import AMP_MODES, CLUSTER_STATISTICS, DEFAULT_MEMORY_MODE, KERNEL_CHOICES, MEMORY_MODES, METHODS, ORDERS
 from ..runtime import tensorboard
 from ..runtime.config import SEED_MAX, check, option
 
@@ -77,6 +77,8 @@ class SearchConfig:
                                                    "(plain PyTorch)", "run", choices=list(MEMORY_MODES))
     kernels: str = option("auto", "backend of the fused ops: auto, torch (PyTorch's own ops), cpp, cuda or triton",
                           "run", choices=list(KERNEL_CHOICES))
+    amp: str = option("none", "mixed precision: none, bf16 or fp16 (autocast; fp16 on CUDA only, with a gradient "
+                              "scaler, and not with second-order search)", "run", choices=list(AMP_MODES))
 
     def validate(self):
         check(self)
@@ -84,6 +86,9 @@ class SearchConfig:
             tensorboard.check_available()
         if self.resolved_order() != "one-level" and self.val_fraction == 0:
             raise UsageError("val-fraction must be above 0 for bi-level search (first or second order), got 0")
+        if self.amp == "fp16" and self.resolved_order() == "second":
+            raise UsageError("--amp fp16 does not combine with second-order search (its finite-difference Hessian-vector "
+                             "product is not gradient-scaled); use --amp bf16 or --order first")
 
     def resolved_order(self) -> str:
         if self.order != "auto":

@@ -18,7 +18,7 @@ from ..data import datasets, get_loaders
 from ..names import CELL_TYPES
 from ..nn import Supernet
 from ..ops import short_name
-from ..runtime import checkpoint, distributed, run_dir
+from ..runtime import checkpoint, distributed, precision, run_dir
 from ..runtime.metrics import peak_memory
 from ..spaces import PAPER_CLUSTERS, Clusters, SearchSpace, load_space
 from . import clustering
@@ -118,6 +118,7 @@ def _start(cfg: SearchConfig, out_dir: str, force: bool, resume: bool, bilevel_s
     """The run's device, process group and data, every one checked before the output folder is made or opened."""
     device = distributed.device_for(cfg.device)
     fused.resolve_backend(cfg.kernels, device)
+    precision.check_amp(cfg.amp, device)
     if not resume:
         run_dir.check_out_dir(out_dir, force)
     ctx = distributed.setup(device)

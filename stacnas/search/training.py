@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ..names import CELL_TYPES
-from ..runtime import distributed
+from ..runtime import distributed, precision
 from ..runtime.epochs import EpochLoop
 from ..runtime.metrics import MetricsLog, peak_memory
 from . import steps
@@ -43,18 +43,22 @@ def _optimizers(model, cfg: SearchConfig, epochs: int):
     return w_opt, a_opt, schedule
 
 
-def _step(run: Run, order: str, model, opts, x, y, xv, yv, lr):
+def _step(run: Run, order: str, model, opts, amp: steps.Precision, x, y, xv, yv, lr):
     """One search step in the configured order; returns (training loss, training logits, the weights' gradient norm,
     validation loss)."""
     w_opt, a_opt, _ = opts
     cfg, ctx = run.cfg, run.ctx
-    if order == "one-level":
-        return (*steps.joint_step(model, x, y, w_opt, a_opt, cfg.grad_clip, ctx), None)
+    val_loss = None
     if order == "first":
-        val_loss = steps.alpha_step_first_order(model, xv, yv, a_opt, ctx)
+        val_loss = steps.alpha_step_first_order(model, xv, yv, a_opt, ctx, amp)
+    elif order == "second":
+        val_loss = steps.alpha_step_second_order(model, x, y, xv, yv, lr, w_opt, a_opt, ctx, amp)
+    if order == "one-level":
+        result = steps.joint_step(model, x, y, w_opt, a_opt, cfg.grad_clip, ctx, amp)
     else:
-        val_loss = steps.alpha_step_second_order(model, x, y, xv, yv, lr, w_opt, a_opt, ctx)
-    return (*steps.weight_step(model, x, y, w_opt, cfg.grad_clip, ctx), val_loss)
+        result = steps.weight_step(model, x, y, w_opt, cfg.grad_clip, ctx, amp)
+    amp.scaler.update()
+    return (*result, val_loss)
 
 
 class SupernetTraining(EpochLoop):
@@ -66,8 +70,11 @@ class SupernetTraining(EpochLoop):
         self.search_run, self.model, self.order = run, model, order
         self.opts = _optimizers(model, run.cfg, epochs)
         w_opt, a_opt, schedule = self.opts
+        amp = run.cfg.amp
+        self.amp = steps.Precision(lambda: precision.autocast(amp, run.device), precision.grad_scaler(amp, run.device))
         super().__init__(stage=stage, checkpoint_path=run.out / stage / "checkpoint.pt",
-                         stateful={"model": model, "w_opt": w_opt, "a_opt": a_opt, "schedule": schedule},
+                         stateful={"model": model, "w_opt": w_opt, "a_opt": a_opt, "schedule": schedule,
+                                   "scaler": self.amp.scaler},
                          ctx=run.ctx, device=run.device, loaders=run.loaders, metrics=run.metrics(model.edge_ops), epochs=epochs,
                          checkpoint_every=run.cfg.checkpoint_every, config_hash=run.config_hash)
 
@@ -84,11 +91,12 @@ class SupernetTraining(EpochLoop):
         train_batch, val_batch = batch
         x, y = (t.to(self.device, non_blocking=True) for t in train_batch)
         xv, yv = (t.to(self.device, non_blocking=True) for t in val_batch) if val_batch else (None, None)
-        loss, logits, grad_norm, val_loss = _step(self.search_run, self.order, self.model, self.opts, x, y, xv, yv,
-                                                  self.lr)
+        loss, logits, grad_norm, val_loss = _step(self.search_run, self.order, self.model, self.opts, self.amp, x, y,
+                                                  xv, yv, self.lr)
         sums = [loss.double() * len(y), (logits.argmax(1) == y).sum(), len(y)]
-        finite = {"training loss": loss, "weights' gradient norm": grad_norm, "α": torch.cat(
-            [a.detach().reshape(-1) for a in self.model.alphas()])}
+        finite = {"training loss": loss, "α": torch.cat([a.detach().reshape(-1) for a in self.model.alphas()])}
+        if not self.amp.scaler.is_enabled():  # fp16's scaler skips the steps whose gradients overflow: expected
+            finite["weights' gradient norm"] = grad_norm
         if val_loss is None:
             return sums, finite
         return sums + [val_loss.double(), 1], {**finite, "validation loss": val_loss}

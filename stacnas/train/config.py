@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ..names import AMP_MODES
 from ..runtime import tensorboard
 from ..runtime.config import SEED_MAX, check, option
 
@@ -45,7 +46,7 @@ class TrainConfig:
     label_smoothing: float = option(0.0, "label smoothing of the cross-entropy", "regularization", at_least=0.0,
                                     below=1.0)
     amp: str = option("none", "mixed precision: none, bf16 or fp16 (fp16 on CUDA only)", "run",
-                      choices=["none", "bf16", "fp16"])
+                      choices=list(AMP_MODES))
     channels_last: bool = option(False, "channels-last memory format (faster convolutions on recent GPUs)", "run")
     compile: bool = option(False, "compile the network with torch.compile", "run")
     seed: int = option(0, "random seed of weights, data order and augmentation", "data", at_least=0, at_most=SEED_MAX)

@@ -23,6 +23,7 @@ from ..errors import UsageError, warn
 from ..runtime import checkpoint, distributed
 from ..runtime.epochs import EpochLoop
 from ..runtime.metrics import MetricsLog, peak_memory
+from ..runtime.precision import autocast, check_amp, grad_scaler
 from ..runtime.run_dir import check_out_dir, config_hash, open_run_dir
 from .config import RESUME_FREE, TrainConfig
 from .network import build_network, count_macs, count_parameters_m
@@ -45,12 +46,6 @@ def architecture(cfg: TrainConfig, genotype, info) -> dict:
     return {"network": kind, "genotype": genotypes.to_dict(genotype), "C": cfg.channels, "layers": cfg.layers,
             "num_classes": info.num_classes, "in_channels": info.in_channels, "image_size": info.image_size,
             "auxiliary": cfg.auxiliary_weight > 0}
-
-
-def autocast(cfg: TrainConfig, device: torch.device):
-    if cfg.amp == "none":
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if cfg.amp == "bf16" else torch.float16)
 
 
 def _schedule(optimizer, cfg: TrainConfig):
@@ -113,7 +108,7 @@ class Trainer(EpochLoop):
         self.optimizer = torch.optim.SGD(self.net.parameters(), lr, momentum=cfg.momentum,
                                          weight_decay=cfg.weight_decay)
         self.schedule = _schedule(self.optimizer, cfg)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
+        self.scaler = grad_scaler(cfg.amp, device)
         super().__init__(stage=None, checkpoint_path=out / "checkpoint.pt",
                          stateful={"model": self.net, "optimizer": self.optimizer, "schedule": self.schedule,
                                    "scaler": self.scaler},
@@ -126,7 +121,7 @@ class Trainer(EpochLoop):
     def step(self, x, y) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """One training step: (loss, logits, the gradient norm before clipping)."""
         cfg = self.cfg
-        with autocast(cfg, self.device):
+        with autocast(cfg.amp, self.device):
             logits, logits_aux = self.model(x)
             loss = training_loss(logits.float(), None if logits_aux is None else logits_aux.float(), y, cfg)
         self.optimizer.zero_grad(set_to_none=True)
@@ -153,7 +148,7 @@ class Trainer(EpochLoop):
         return [loss.double() * len(y), (logits.argmax(1) == y).sum(), len(y)], finite
 
     def test(self) -> dict:
-        return evaluate(self.net, self.loaders.test, self.device, lambda: autocast(self.cfg, self.device),
+        return evaluate(self.net, self.loaders.test, self.device, lambda: autocast(self.cfg.amp, self.device),
                         self.cfg.channels_last)
 
     def end_epoch(self, epoch: int, total: list[float], started: float) -> tuple[dict, str]:
@@ -167,11 +162,6 @@ class Trainer(EpochLoop):
                         f"{record['test_top1']:.2f}% · lr {record['lr']:.4g}")
 
 
-def _check_amp(cfg: TrainConfig, device) -> None:
-    if cfg.amp == "fp16" and device.type != "cuda":
-        raise UsageError("--amp fp16 needs a CUDA device; use --amp bf16 on the CPU")
-
-
 def run_train(cfg: TrainConfig, out_dir: str, force: bool = False, resume: bool = False) -> dict:
     """Train the genotype from scratch; writes model.pt, result.json, metrics.jsonl, config and environment."""
     cfg.validate()
@@ -181,7 +171,7 @@ def run_train(cfg: TrainConfig, out_dir: str, force: bool = False, resume: bool 
         warn(f"the genotype keeps `none` on {', '.join(zeros)}: built as a zero op, as DARTS' model.py does (the "
              "edge adds nothing to its node)")
     device = distributed.device_for(cfg.device)
-    _check_amp(cfg, device)
+    check_amp(cfg.amp, device)
     if not resume:
         check_out_dir(out_dir, force)
     ctx = distributed.setup(device)
