@@ -4,6 +4,7 @@ import torch
 import torch.nn as nn
 
 from stacnas.nn import Supernet
+from stacnas.search import SearchConfig
 from stacnas.search.clustering import (CKAAccumulator, CovarianceAccumulator, average_correlation, build_clusters,
                                        cluster_ops, pick_representatives, record_correlations, render_report)
 from stacnas.spaces import SearchSpace
@@ -129,11 +130,12 @@ def _share_weights(sep3: nn.Module, sep5: nn.Module, noise: float) -> None:
                 large.weight.copy_(small.weight)
 
 
-@pytest.mark.parametrize("statistic", ["element", "sample"])
+@pytest.mark.parametrize("statistic", ["element", "sample", "cka"])
 def test_auto_clustering_groups_convolutions_that_share_most_weights(statistic):
     """Functional similarity planted in real ops: on every edge sep_conv_5x5 shares sep_conv_3x3's weights (with a
-    little noise); dil_conv_3x3 keeps its own. Automatic clustering puts the two separable convolutions together and
-    the dilated one apart; without the planting (fresh weights) the two stay apart."""
+    little noise); dil_conv_3x3 keeps its own. Automatic clustering, cut at the default threshold, puts the two
+    separable convolutions together and the dilated one apart; without the planting (fresh weights) the two stay
+    apart."""
     ops = ("none", "skip_connect", "sep_conv_3x3", "sep_conv_5x5", "dil_conv_3x3")
     images = torch.randn(32, 1, 8, 8, generator=torch.Generator().manual_seed(1))
 
@@ -146,7 +148,8 @@ def test_auto_clustering_groups_convolutions_that_share_most_weights(statistic):
                     names = list(mixed.primitives)
                     _share_weights(mixed._ops[names.index("sep_conv_3x3")], mixed._ops[names.index("sep_conv_5x5")],
                                    noise=0.1)
-        clusters, report = build_clusters(model, images, 16, "cpu", list(ops), 0.5, None, "first", statistic)
+        clusters, report = build_clusters(model, images, 16, "cpu", list(ops), SearchConfig().cluster_threshold, None,
+                                          "first", statistic)
         assert report["statistic"] == statistic
         return clusters.groups
 
