@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# The GPU check: build the CUDA extension, run every backend's self-check (stacnas info --verify), the kernel tests on CUDA (Triton compiled, not interpreted; fp16 and
-# bf16 included), time the kernels (benchmarks/: every backend of the registry, the fused sum against the copy
-# bandwidth) and the supernet modes against each other. Writes everything to benchmarks/results/gpu-<gpu>-<date>.*
-# (or $RESULTS_DIR); commit those files.
+# The GPU check: build the CUDA extension, run every backend's self-check (stacnas info --verify), the exactness
+# sweep against float64 (tests/test_exactness.py, on CUDA too) and the bf16 test, the kernel tests on CUDA (Triton
+# compiled, not interpreted; fp16 and bf16 included), time the kernels (benchmarks/: every backend of the registry,
+# the fused sum against the copy bandwidth) and the supernet modes against each other. Writes everything to
+# benchmarks/results/gpu-<gpu>-<date>.* (or $RESULTS_DIR); commit those files.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 unset TRITON_INTERPRET
@@ -15,6 +16,8 @@ mkdir -p "$(dirname "$stem")"
   python3 -m stacnas info
   echo "== self-check of every backend (each op against PyTorch's; also run on a backend's first use)"
   python3 -m stacnas info --verify || echo "SELF-CHECK FAILED: the failing ops fall back to the next backend"
+  echo "== exactness at realistic sizes against float64 (kink-aware; CPU and CUDA) and under bf16 autocast"
+  python3 -m pytest -q tests/test_exactness.py tests/test_precision.py
   echo "== kernel tests on CUDA"
   python3 -m pytest -q tests/test_fused.py tests/test_modes.py tests/test_dropin.py
   echo "== kernel benchmarks"
