@@ -231,3 +231,16 @@ def test_stacnas_published_cells_train_by_name(name, tmp_path):
     assert main(["train", "--preset", "quick", "--genotype", name, "--epochs", "1", "--limit", "64", "--channels",
                  "4", "--layers", "3", "--out", str(out)]) == 0
     assert genotypes.load(str(out / "genotype.json")) == genotypes.KNOWN[name]
+
+
+def test_resume_of_a_run_stopped_while_writing_its_report(tmp_path, capsys):
+    """Killed after result.json (checkpoint removed) but before its report: --resume trains nothing, writes the
+    report and returns the result."""
+    out = tmp_path / "run"
+    result = run_train(TrainConfig(**TINY), str(out))
+    (out / "report.html").unlink()
+    model = (out / "model.pt").read_bytes()
+    again = run_train(TrainConfig(**TINY), str(out), resume=True)
+    assert again == json.loads((out / "result.json").read_text()) and again["test_top1"] == result["test_top1"]
+    assert "finished already" in capsys.readouterr().out
+    assert (out / "report.html").is_file() and (out / "model.pt").read_bytes() == model
