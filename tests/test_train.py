@@ -242,5 +242,5 @@ def test_resume_of_a_run_stopped_while_writing_its_report(tmp_path, capsys):
     model = (out / "model.pt").read_bytes()
     again = run_train(TrainConfig(**TINY), str(out), resume=True)
     assert again == json.loads((out / "result.json").read_text()) and again["test_top1"] == result["test_top1"]
-    assert "finished already" in capsys.readouterr().out
+    assert "finished training" in capsys.readouterr().out
     assert (out / "report.html").is_file() and (out / "model.pt").read_bytes() == model

@@ -172,8 +172,8 @@ def run_train(cfg: TrainConfig, out_dir: str, force: bool = False, resume: bool 
              "edge adds nothing to its node)")
     device = distributed.device_for(cfg.device)
     check_amp(cfg.amp, device)
-    if resume and _finished(Path(out_dir)):
-        return _already_finished(Path(out_dir))
+    if resume and _stopped_while_reporting(Path(out_dir)):
+        return _write_missing_report(Path(out_dir))
     if not resume:
         check_out_dir(out_dir, force)
     ctx = distributed.setup(device)
@@ -196,14 +196,16 @@ def run_train(cfg: TrainConfig, out_dir: str, force: bool = False, resume: bool 
         distributed.teardown(ctx)
 
 
-def _finished(out: Path) -> bool:
-    """The run wrote its result and removed its checkpoint: it was stopped, if at all, while writing its report."""
-    return (out / "result.json").is_file() and not (out / "checkpoint.pt").is_file()
+def _stopped_while_reporting(out: Path) -> bool:
+    """The run wrote its result and removed its checkpoint, but not its report: it was stopped while writing that.
+    (A finished run with its report has nothing to resume: open_run_dir says so.)"""
+    return ((out / "result.json").is_file() and not (out / "checkpoint.pt").is_file()
+            and not (out / "report.html").is_file())
 
 
-def _already_finished(out: Path) -> dict:
-    """--resume of a finished run: nothing to train; the report written again (it may be what was interrupted)."""
-    print(f"--resume: {out} finished already (result.json); nothing to resume", flush=True)
+def _write_missing_report(out: Path) -> dict:
+    """--resume of a run stopped while writing its report: nothing to train; the report is written."""
+    print(f"--resume: {out} finished training (result.json); writing its report", flush=True)
     report.after_run(out)
     return json.loads(files.read_text(out / "result.json", "the finished run's"))
 
