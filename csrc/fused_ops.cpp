@@ -93,11 +93,9 @@ std::pair<at::Tensor, at::Tensor> mixed_sum_stats(
   return {mean, var};
 }
 
-std::pair<at::Tensor, at::Tensor> mixed_sum_forward_coefficients(const at::Tensor& w, const at::Tensor& mean,
-                                                                 const at::Tensor& var,
-                                                                 const std::vector<bool>& normalize, double eps) {
-  const auto a = w.to(at::kDouble).view({-1, 1}) * mixed_sum_rstd(var, normalize, eps);
-  return {a, -(a * mean).sum(0)};
+at::Tensor mixed_sum_scales(const at::Tensor& w, const at::Tensor& var, const std::vector<bool>& normalize,
+                            double eps) {
+  return (w.to(at::kDouble).view({-1, 1}) * mixed_sum_rstd(var, normalize, eps)).contiguous();
 }
 
 int64_t sample_stride(const at::Tensor& out, const at::Tensor& x0) {
@@ -247,27 +245,27 @@ std::tuple<at::Tensor, at::Tensor> mixed_sum_into_cpu(at::TensorList x_in, const
   const int64_t C = s.channels;
   auto [mean, var] = mixed_sum_stats(x, normalize, running_mean, running_var, training, C,
                                      [&](const at::Tensor& t) { return channel_stats_cpu(t, s); });
-  const auto [a_all, b_all] = mixed_sum_forward_coefficients(w, mean, var, normalize, eps);
+  // y = sum_k a_k (x_k - mean_k), a_k = w_k rstd_k, in double and rounded once: centred, as BatchNorm's definition
+  // is (a_k x_k + b loses the digits that b cancels where a mean is large against the spread).
+  const auto a_all = mixed_sum_scales(w, var, normalize, eps);
+  const auto m_all = mean.contiguous();
+  const double* a = a_all.const_data_ptr<double>();
+  const double* m = m_all.const_data_ptr<double>();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "mixed_sum_cpu", [&] {
-    using acc_t = at::opmath_type<scalar_t>;
-    const auto a_acc = a_all.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
-    const auto b_acc = b_all.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
-    const acc_t* a = a_acc.const_data_ptr<acc_t>();
-    const acc_t* b = b_acc.const_data_ptr<acc_t>();
     std::vector<const scalar_t*> src(K);
     for (int64_t k = 0; k < K; ++k) src[k] = x[k].const_data_ptr<scalar_t>();
     scalar_t* dst = y.mutable_data_ptr<scalar_t>();
     // One (n, c) plane per task: the coefficients are constant along it.
     at::parallel_for(0, s.outer * C, 1, [&](int64_t p0, int64_t p1) {
-      std::vector<acc_t> row(s.inner);
+      std::vector<double> row(s.inner);
       for (int64_t p = p0; p < p1; ++p) {
         const int64_t c = p % C;
         const int64_t base = p * s.inner;
-        std::fill(row.begin(), row.end(), b[c]);
+        std::fill(row.begin(), row.end(), 0.0);
         for (int64_t k = 0; k < K; ++k) {
-          const acc_t ak = a[k * C + c];
+          const double ak = a[k * C + c], mk = m[k * C + c];
           const scalar_t* xk = src[k] + base;
-          for (int64_t i = 0; i < s.inner; ++i) row[i] += ak * static_cast<acc_t>(xk[i]);
+          for (int64_t i = 0; i < s.inner; ++i) row[i] += ak * (static_cast<double>(xk[i]) - mk);
         }
         scalar_t* out = dst + (p / C) * y_stride + c * s.inner;
         for (int64_t i = 0; i < s.inner; ++i) out[i] = static_cast<scalar_t>(row[i]);

@@ -46,10 +46,10 @@ std::pair<at::Tensor, at::Tensor> mixed_sum_stats(
     const c10::optional<at::Tensor>& running_var, bool training, int64_t C,
     const std::function<std::pair<at::Tensor, at::Tensor>(const at::Tensor&)>& batch_stats);
 
-// Coefficients of the forward pass, float64 on var's device: y = sum_k a_kc x_k + b_c.
-std::pair<at::Tensor, at::Tensor> mixed_sum_forward_coefficients(const at::Tensor& w, const at::Tensor& mean,
-                                                                 const at::Tensor& var,
-                                                                 const std::vector<bool>& normalize, double eps);
+// The forward pass's scales a_kc = w_k rstd_kc (rstd 1 for terms not normalized), float64, contiguous, on var's
+// device: y = sum_k a_kc (x_k - mean_kc).
+at::Tensor mixed_sum_scales(const at::Tensor& w, const at::Tensor& var, const std::vector<bool>& normalize,
+                            double eps);
 
 // The distance between samples of `out`, the destination of mixed_sum_into: shaped, typed and placed like x0, with
 // each sample's (C, ...) block contiguous (a channel slice of a contiguous (N, C', ...) cell output qualifies).

@@ -42,10 +42,11 @@ def _channel_sums_kernel(a_ptr, b_ptr, out_ptr, C, N, INNER, SLICES, BLOCK: tl.c
 
 
 @triton.jit
-def _sum_kernel(y_ptr, x0, x1, x2, x3, a_ptr, b_ptr, C, INNER, Y_STRIDE, n, NUM: tl.constexpr,
+def _sum_kernel(y_ptr, x0, x1, x2, x3, a_ptr, m_ptr, C, INNER, Y_STRIDE, n, NUM: tl.constexpr,
                 ACCUMULATE: tl.constexpr, BLOCK: tl.constexpr, ACC: tl.constexpr):
-    """y = b_c + sum of a_kc x_k over the NUM (<= 4) inputs given; with ACCUMULATE, y += the sum instead. Samples
-    of y lie Y_STRIDE elements apart (a channel slice of a cell's output)."""
+    """y = sum of a_kc (x_k - m_kc) over the NUM (<= 4) inputs given (centred, as BatchNorm is defined: a_k x_k + b
+    would lose the digits b cancels where a mean is large); with ACCUMULATE, y += the sum instead. Samples of y lie
+    Y_STRIDE elements apart (a channel slice of a cell's output)."""
     i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = i < n
     c = (i // INNER) % C
@@ -53,14 +54,18 @@ def _sum_kernel(y_ptr, x0, x1, x2, x3, a_ptr, b_ptr, C, INNER, Y_STRIDE, n, NUM:
     if ACCUMULATE:
         acc = tl.load(y_ptr + out, mask=mask, other=0).to(ACC)
     else:
-        acc = tl.load(b_ptr + c, mask=mask, other=0).to(ACC)
-    acc += tl.load(a_ptr + c, mask=mask, other=0).to(ACC) * tl.load(x0 + i, mask=mask, other=0).to(ACC)
+        acc = tl.zeros([BLOCK], dtype=ACC)
+    acc += tl.load(a_ptr + c, mask=mask, other=0).to(ACC) * (
+        tl.load(x0 + i, mask=mask, other=0).to(ACC) - tl.load(m_ptr + c, mask=mask, other=0).to(ACC))
     if NUM > 1:
-        acc += tl.load(a_ptr + C + c, mask=mask, other=0).to(ACC) * tl.load(x1 + i, mask=mask, other=0).to(ACC)
+        acc += tl.load(a_ptr + C + c, mask=mask, other=0).to(ACC) * (
+            tl.load(x1 + i, mask=mask, other=0).to(ACC) - tl.load(m_ptr + C + c, mask=mask, other=0).to(ACC))
     if NUM > 2:
-        acc += tl.load(a_ptr + 2 * C + c, mask=mask, other=0).to(ACC) * tl.load(x2 + i, mask=mask, other=0).to(ACC)
+        acc += tl.load(a_ptr + 2 * C + c, mask=mask, other=0).to(ACC) * (
+            tl.load(x2 + i, mask=mask, other=0).to(ACC) - tl.load(m_ptr + 2 * C + c, mask=mask, other=0).to(ACC))
     if NUM > 3:
-        acc += tl.load(a_ptr + 3 * C + c, mask=mask, other=0).to(ACC) * tl.load(x3 + i, mask=mask, other=0).to(ACC)
+        acc += tl.load(a_ptr + 3 * C + c, mask=mask, other=0).to(ACC) * (
+            tl.load(x3 + i, mask=mask, other=0).to(ACC) - tl.load(m_ptr + 3 * C + c, mask=mask, other=0).to(ACC))
     tl.store(y_ptr + out, acc.to(y_ptr.dtype.element_ty), mask=mask)
 
 
@@ -126,13 +131,12 @@ def mixed_sum_into(x, w, normalize, running_mean, running_var, training, eps, y)
     rstd = _rstd(var, normalize, eps)
     a = w.double().view(K, 1) * rstd
     acc_dtype = torch.float64 if x[0].dtype == torch.float64 else torch.float32
-    b = (-(a * mean).sum(0)).to(acc_dtype)
-    a = a.to(acc_dtype).contiguous()
+    a, m = a.to(acc_dtype).contiguous(), mean.to(acc_dtype).contiguous()
     n = y.numel()
     for k0 in range(0, K, PER_LAUNCH):
         chunk = x[k0:k0 + PER_LAUNCH]
         ptrs = chunk + [chunk[0]] * (PER_LAUNCH - len(chunk))
-        _sum_kernel[(triton.cdiv(n, BLOCK),)](y, *ptrs, a[k0:], b, C, inner, y_stride, n, NUM=len(chunk),
+        _sum_kernel[(triton.cdiv(n, BLOCK),)](y, *ptrs, a[k0:], m[k0:], C, inner, y_stride, n, NUM=len(chunk),
                                               ACCUMULATE=k0 > 0, BLOCK=BLOCK, ACC=_acc(x[0].dtype))
     return mean.to(w.dtype), var.to(w.dtype)
 

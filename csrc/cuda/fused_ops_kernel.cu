@@ -76,16 +76,17 @@ __global__ void channel_sums_kernel(const scalar_t* __restrict__ a, Ptrs<const s
   }
 }
 
-// y = b_c + sum_k a_kc x_k (accumulate: y += sum_k a_kc x_k); samples of y lie y_stride elements apart
+// y = sum_k a_kc (x_k - m_kc) (accumulate: y += it): centred, as BatchNorm is defined (a_k x_k + b would lose the
+// digits b cancels where a mean is large); samples of y lie y_stride elements apart
 template <typename scalar_t, typename acc_t>
-__global__ void mixed_sum_kernel(Ptrs<const scalar_t*> x, const acc_t* __restrict__ a, const acc_t* __restrict__ b,
+__global__ void mixed_sum_kernel(Ptrs<const scalar_t*> x, const acc_t* __restrict__ a, const acc_t* __restrict__ m,
                                  int K, int64_t C, int64_t inner, bool accumulate, scalar_t* __restrict__ y,
                                  int64_t y_stride, int64_t n) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
     const int64_t c = (i / inner) % C;
     const int64_t out = (i / (C * inner)) * y_stride + i % (C * inner);
-    acc_t acc = accumulate ? static_cast<acc_t>(y[out]) : b[c];
-    for (int k = 0; k < K; ++k) acc += a[k * C + c] * static_cast<acc_t>(x.p[k][i]);
+    acc_t acc = accumulate ? static_cast<acc_t>(y[out]) : acc_t(0);
+    for (int k = 0; k < K; ++k) acc += a[k * C + c] * (static_cast<acc_t>(x.p[k][i]) - m[k * C + c]);
     y[out] = static_cast<scalar_t>(acc);
   }
 }
@@ -148,20 +149,20 @@ std::tuple<at::Tensor, at::Tensor> mixed_sum_into_cuda(at::TensorList x_in, cons
     auto m = sums[0] / count;
     return std::make_pair(m, (sums[1] / count - m * m).clamp_min(0.0));
   });
-  const auto [a_all, b_all] = mixed_sum_forward_coefficients(w, mean, var, normalize, eps);
+  const auto a_all = mixed_sum_scales(w, var, normalize, eps);
   const int64_t n = y.numel();
   if (n > 0) {
     auto stream = c10::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "mixed_sum_cuda", [&] {
       using acc_t = at::opmath_type<scalar_t>;
       const auto a = a_all.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
-      const auto b = b_all.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
+      const auto m = mean.to(c10::CppTypeToScalarType<acc_t>::value).contiguous();
       for (int k0 = 0; k0 < K; k0 += kMaxK) {
         const int chunk = std::min(kMaxK, K - k0);
         Ptrs<const scalar_t*> src{};
         for (int k = 0; k < chunk; ++k) src.p[k] = x[k0 + k].const_data_ptr<scalar_t>();
         mixed_sum_kernel<scalar_t, acc_t><<<grid_for(n), kThreads, 0, stream>>>(
-            src, a.const_data_ptr<acc_t>() + k0 * C, b.const_data_ptr<acc_t>(), chunk, C, s.inner, k0 > 0,
+            src, a.const_data_ptr<acc_t>() + k0 * C, m.const_data_ptr<acc_t>() + k0 * C, chunk, C, s.inner, k0 > 0,
             y.mutable_data_ptr<scalar_t>(), y_stride, n);
         C10_CUDA_KERNEL_LAUNCH_CHECK();
       }
