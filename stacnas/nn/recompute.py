@@ -10,9 +10,10 @@ from torch.autograd.function import once_differentiable
 
 from .. import fused
 from . import recognize
-from .batchnorm import frozen_running_stats
+from .batchnorm import batch_stats, frozen_running_stats
 from .cell_output import CellOutput
 from .lean import common_dtype, lean_term, shared_relu, terms
+from .routes import normalized
 
 
 def _rng_state(device):
@@ -47,18 +48,23 @@ class RecomputeNode(torch.autograd.Function):
     def forward(ctx, out, backend, node_terms, n_states, w, *tensors):
         states = tensors[:n_states]  # the rest are the ops' parameters: inputs, so that they get gradients
         relu_of = shared_relu(states)
-        y, rng = None, {}
+        y, rng, stats = None, {}, {}
         for t, (s, op, _) in enumerate(node_terms):
             if recognize.uses_rng(op):
                 rng[t] = _rng_state(states[s].device)
             x, bn = lean_term(op, states[s], relu_of(s), backend)
-            o = x if bn is None else bn(x)  # transient: one term at a time; bn updates its statistics once
+            o = x
+            if bn is not None:  # transient: one term at a time; its running statistics are updated once, here
+                mean, var, training = batch_stats(bn, x, backend)
+                o = normalized(x, mean, var, bn.eps)
+                if training:
+                    stats[t] = (mean, var)  # backward recomputes x exactly: its batch statistics are these
             o = o.to(common_dtype([o], w))
             if y is None:
                 y = torch.mul(o, w[t], out=out.slot(o) if out is not None else torch.empty_like(o))
             else:
                 y.addcmul_(o, w[t])
-        ctx.node_terms, ctx.rng, ctx.backend = node_terms, rng, backend
+        ctx.node_terms, ctx.rng, ctx.stats, ctx.backend = node_terms, rng, stats, backend
         ctx.autocast = _autocast_state(states[0].device)
         ctx.save_for_backward(w, *states)
         return y
@@ -76,7 +82,7 @@ class RecomputeNode(torch.autograd.Function):
             with frozen_running_stats(op), torch.enable_grad(), replay, ctx.autocast():
                 x, bn = lean_term(op, leaves[s], relu_of(s), ctx.backend)
                 x = x.to(common_dtype([x], w))
-            grad_x, grad_w[t] = _term_backward(grad, x.detach(), bn, w[t:t + 1], ctx.backend)
+            grad_x, grad_w[t] = _term_backward(grad, x.detach(), bn, ctx.stats.get(t), w[t:t + 1], ctx.backend)
             wanted = ([leaves[s]] if leaves[s].requires_grad else []) + [p for p in params if p.requires_grad]
             found = iter(torch.autograd.grad(x, wanted, grad_x, allow_unused=True) if x.requires_grad and wanted
                          else [None] * len(wanted))
@@ -88,14 +94,14 @@ class RecomputeNode(torch.autograd.Function):
         return (None, None, None, None, grad_w, *grad_states, *grad_params)
 
 
-def _term_backward(grad, x, bn, w_t, backend):
+def _term_backward(grad, x, bn, batch, w_t, backend):
     """(dL/dx, dL/dw_t) for the term w_t · x, or w_t · bn(x) with the BN folded: one fused backward pass from x and
-    the BN's statistics, the BN's output never formed."""
+    the BN's statistics (batch: x's batch statistics, as forward found them; None in eval), the BN's output never
+    formed."""
     if bn is None:
         return grad * w_t, (grad * x).sum()
-    if bn.training or not bn.track_running_stats:
-        mean, var = fused.batch_norm_stats(x, backend)
-        training = True
+    if batch is not None:
+        (mean, var), training = batch, True
     else:
         mean, var, training = bn.running_mean, bn.running_var, False
     (grad_x,), grad_w = fused.mixed_sum_backward(grad, [x], w_t, [True], mean[None], var[None], training, bn.eps,

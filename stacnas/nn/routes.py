@@ -24,12 +24,15 @@ def pair(v) -> list:
     return list(v) if isinstance(v, (tuple, list)) else [v, v]
 
 
+def normalized(x, mean, var, eps):
+    """(x - mean) / sqrt(var + eps), per channel, as BatchNorm(affine=False) computes it."""
+    rstd = torch.rsqrt(var + eps)
+    return torch.addcmul(per_channel(-mean * rstd, x), x, per_channel(rstd, x))
+
+
 def activation(x, mean, var, eps):
     """ReLU(x), or ReLU((x - mean) / sqrt(var + eps)) when statistics are given."""
-    if mean is None:
-        return F.relu(x)
-    rstd = torch.rsqrt(var + eps)
-    return F.relu(torch.addcmul(per_channel(-mean * rstd, x), x, per_channel(rstd, x)))
+    return F.relu(x if mean is None else normalized(x, mean, var, eps))
 
 
 class NormReLUConv(torch.autograd.Function):
