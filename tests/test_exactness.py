@@ -230,7 +230,7 @@ def _warm_running_stats(model, x):
 
 
 # (space, image size, batch, seed): the DARTS supernet at the size where the issue measured 426 tensors off (seed 0),
-# another seed, every RobustDARTS space; and 32 px and batch 32, 1.5–2.5 minutes each on 2 cores (marked `larger`:
+# another seed, every RobustDARTS space; and 32 px and batch 32, 1.5–3.5 minutes each on 2 cores (marked `larger`:
 # deselected by default, `-m larger` runs them).
 def _case(space, size, batch, seed, *marks):
     return pytest.param(space, size, batch, seed, marks=marks, id=f"{space}-{size}px-batch{batch}-seed{seed}")
@@ -285,7 +285,7 @@ TRITON_CASE = ("darts", 16, 8, 1)
 
 
 @pytest.mark.slow
-@pytest.mark.larger  # 4 minutes on 2 cores
+@pytest.mark.larger  # 4–6.5 minutes on 2 cores
 @pytest.mark.skipif("triton" not in fused.available_backends("cpu"),
                     reason="Triton runs on CPU tensors only interpreted (tests/conftest.py sets TRITON_INTERPRET=1 "
                            "where there is no GPU; with one, the sweep above runs Triton compiled)")
@@ -312,7 +312,7 @@ def _darts_float64(model):
 
 
 @pytest.mark.slow
-@pytest.mark.larger  # 5 minutes on 2 cores
+@pytest.mark.larger  # 5.5–7 minutes on 2 cores
 @pytest.mark.parametrize("device", DEVICES)
 def test_dropin_on_darts_search_network(device):
     """stacnas.nn.use_fused_mixed_ops on DARTS' network at DARTS' search size (C=16, 8 cells, 32 px), batch 8."""
