@@ -139,8 +139,9 @@ class Oracle:
 
     NUDGED = 3  # problems besides the given one on which the reference's rounding error is measured
 
-    def __init__(self, model, x, y, alphas_of, model64):
-        self.model, self.x, self.y, self.alphas_of, self.model64 = model, x, y, alphas_of, model64
+    def __init__(self, model, x, y, alphas_of, float64_of):
+        """alphas_of(model): its α tensors; float64_of(model): a float64 copy of it, α included."""
+        self.model, self.x, self.y, self.alphas_of, self.float64_of = model, x, y, alphas_of, float64_of
         plain = Decisions()
         self.truths = {frozenset(): self._float64(plain)}
         self.decisions = plain.recorded
@@ -149,7 +150,7 @@ class Oracle:
         self._spread = None
 
     def _float64(self, decisions):
-        model64 = copy.deepcopy(self.model64)
+        model64 = self.float64_of(self.model)
         return _gradients(model64, self.x.double(), self.y, self.alphas_of(model64), decisions)
 
     def _results(self, model):
@@ -169,7 +170,7 @@ class Oracle:
             for seed in range(self.NUDGED):
                 model, x = _nudged(self.model, self.x, seed)
                 ours = _gradients(model, x, self.y, self.alphas_of(model), Decisions(frozen=self.decisions))
-                model64 = model.double()
+                model64 = self.float64_of(model)
                 truth = _gradients(model64, x.double(), self.y, self.alphas_of(model64), Decisions(frozen=self.decisions))
                 errors.append([None if t is None else _relative(g, t) for g, t in zip(ours, truth)])
             self._spread = [None if e[0] is None else max(e) for e in zip(*errors)]
@@ -217,6 +218,10 @@ def _supernet_alphas(model):
     return model.alphas()
 
 
+def _supernet_float64(model):
+    return copy.deepcopy(model).double()
+
+
 def _names(model):
     alpha_ids = {id(a) for a in model.alphas()}
     return ["logits"] + [n for n, p in model.named_parameters() if id(p) not in alpha_ids] + ["alpha_normal",
@@ -256,7 +261,7 @@ def _supernet_case(space, size, batch, seed, training, device):
     if not training:
         _warm_running_stats(base, x)
         base.eval()
-    return base, x, y, Oracle(base, x, y, _supernet_alphas, copy.deepcopy(base).double())
+    return base, x, y, Oracle(base, x, y, _supernet_alphas, _supernet_float64)
 
 
 @pytest.mark.slow
@@ -318,7 +323,7 @@ def test_dropin_on_darts_search_network(device):
     """stacnas.nn.use_fused_mixed_ops on DARTS' network at DARTS' search size (C=16, 8 cells, 32 px), batch 8."""
     darts = _darts_network(C=16, layers=8, seed=0).to(device)
     x, y = torch.randn(8, 3, 32, 32, device=device), torch.randint(0, 10, (8,), device=device)
-    oracle = Oracle(darts, x, y, _darts_alphas, _darts_float64(darts))
+    oracle = Oracle(darts, x, y, _darts_alphas, _darts_float64)
     names = ["logits"] + [n for n, _ in darts.named_parameters()] + ["alphas_normal", "alphas_reduce"]
     for mode, backend in _modes(device):
         swapped = copy.deepcopy(darts)
