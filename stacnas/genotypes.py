@@ -41,6 +41,16 @@ def validate(genotype: Genotype) -> Genotype:
     return genotype
 
 
+def genotype_like(value) -> bool:
+    """A genotype: stacnas' or another codebase's namedtuple with DARTS' four fields."""
+    return all(hasattr(value, field) for field in _FIELDS)
+
+
+def adopt(value) -> Genotype:
+    """stacnas' Genotype of a genotype-like value (DARTS' own namedtuple, concat as a range), validated."""
+    return _normalize(*(getattr(value, field) for field in _FIELDS))
+
+
 def _normalize(normal, normal_concat, reduce, reduce_concat) -> Genotype:
     return validate(Genotype(
         normal=[(str(op), inp) for op, inp in normal],

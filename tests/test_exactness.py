@@ -26,12 +26,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import peer_networks
 import stacnas.nn
 from stacnas import fused
 from stacnas.fused import registry
 from stacnas.nn import Supernet
 from stacnas.spaces import BUILTIN_SPACES
-from test_dropin import Network
+from peer_networks.darts import Network
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])  # benchmarks/gpu_check.sh runs the CUDA ones
 NEAR = 3e-7  # a ReLU input this close to 0, or a max-pool window's top two this close, relative to the largest entry
@@ -329,3 +330,42 @@ def test_dropin_on_darts_search_network(device):
         swapped = copy.deepcopy(darts)
         stacnas.nn.use_fused_mixed_ops(swapped, mode, backend)
         oracle.check(swapped, names, f"drop-in {mode}/{backend}")
+
+
+class _Logits(nn.Module):
+    """A network of tests/peer_networks, giving its logits (AutoDL-Projects' give (features, logits))."""
+
+    def __init__(self, net, alphas):
+        super().__init__()
+        self.net, self.alphas = net, alphas
+
+    def forward(self, x):
+        return peer_networks.logits(self.net(x))
+
+
+def _peer_alphas(model):
+    return [a for a in model.alphas(model.net) if not isinstance(a, nn.Parameter)]
+
+
+def _peer_float64(model):
+    return _Logits(peer_networks.double(copy.deepcopy(model.net)), model.alphas)
+
+
+# the DARTS-family networks of tests/test_dropin.py (DARTS' own: test_dropin_on_darts_search_network) at the issue's
+# size: C=8, 5 cells, 16 px, batch 4
+PEER_CASES = ["pdarts-stage1", "pcdarts", "nas-bench-201", "autodl-darts", "robustdarts-s3"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", PEER_CASES)
+def test_dropin_on_peer_networks(name):
+    from test_dropin import PEERS, _network
+
+    base = _Logits(_network(name), PEERS[name][0].alphas)
+    x, y = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
+    oracle = Oracle(base, x, y, _peer_alphas, _peer_float64)
+    names = ["logits"] + [n for n, _ in base.named_parameters()] + [f"α {i}" for i in range(len(_peer_alphas(base)))]
+    for mode, backend in _modes("cpu"):
+        fused = copy.deepcopy(base)
+        stacnas.nn.use_fused_mixed_ops(fused, mode, backend)
+        oracle.check(fused, names, f"drop-in {mode}/{backend}")

@@ -158,7 +158,7 @@ def test_lean_conv_routes_equal_pytorch(conv, size):
     x = torch.randn(3, c_in, *size, generator=g, dtype=torch.float64)
     weight = torch.randn(c_out, c_in // groups, k, k, generator=g, dtype=torch.float64)
     out = F.conv2d(x, weight, None, stride, padding, dilation, groups)
-    torch.testing.assert_close(conv_forward(x, weight, stride, padding, dilation, groups), out, rtol=1e-12,
+    torch.testing.assert_close(conv_forward(x, weight, None, stride, padding, dilation, groups), out, rtol=1e-12,
                                atol=1e-12)
     grad = torch.randn(out.shape, generator=g, dtype=torch.float64)
     expected = torch.ops.aten.convolution_backward(grad, x, weight, None, [stride] * 2, [padding] * 2,
@@ -186,8 +186,8 @@ def test_cell_output_has_no_concat_copy():
 
     def cell(out):
         states = [s0, s1]
-        states.append(lean_node(edges[:2], states, weights[:2], out=out))
-        states.append(lean_node(edges[2:], states, weights[2:], out=out))
+        states.append(lean_node([e._ops for e in edges[:2]], states, weights[:2], out=out))
+        states.append(lean_node([e._ops for e in edges[2:]], states, weights[2:], out=out))
         return out.gather(states[2:]) if out is not None else torch.cat(states[2:], dim=1), states[2:]
 
     ours, nodes = cell(CellOutput(2))

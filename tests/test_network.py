@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from stacnas import genotypes
+from stacnas.errors import UsageError
 from stacnas.genotypes import DARTS_V1, DARTS_V2, PDARTS
 from stacnas.nn import count_parameters
 from stacnas.ops import Identity
@@ -106,3 +107,25 @@ def test_small_inputs_and_channels(in_channels, size):
     model = NetworkCIFAR(DARTS_V2, C=4, num_classes=10, layers=3, auxiliary=False, in_channels=in_channels)
     logits, _ = model(torch.randn(2, in_channels, size, size))
     assert logits.shape == (2, 10)
+
+
+@pytest.mark.parametrize("network", [NetworkCIFAR, NetworkImageNet])
+def test_darts_positional_order_is_accepted(network):
+    """DARTS' train.py builds Network(C, num_classes, layers, auxiliary, genotype), with its own Genotype namedtuple
+    and concat as a range."""
+    from collections import namedtuple
+
+    TheirGenotype = namedtuple("Genotype", "normal normal_concat reduce reduce_concat")
+    theirs = TheirGenotype(DARTS_V2.normal, range(2, 6), DARTS_V2.reduce, range(2, 6))
+    torch.manual_seed(0)
+    darts_order = network(16, 10, 5, True, theirs)
+    torch.manual_seed(0)
+    ours = network(DARTS_V2, C=16, num_classes=10, layers=5, auxiliary=True)
+    assert [n for n, _ in darts_order.named_parameters()] == [n for n, _ in ours.named_parameters()]
+    assert all(torch.equal(a, b) for a, b in zip(darts_order.parameters(), ours.parameters()))
+
+
+def test_neither_order_is_refused_naming_both():
+    with pytest.raises(UsageError, match=r"takes \(genotype, C, num_classes, layers, auxiliary\), or "
+                                                    r"DARTS' order"):
+        NetworkCIFAR(16, 10, 5, True, "DARTS_V2")

@@ -188,17 +188,19 @@ def run(cfg: BenchConfig) -> dict:
         for mode, r in results.items():
             r["saved_bytes_ratio"] = r["saved_bytes_per_sample"] / ref["saved_bytes_per_sample"]
             # the median of per-round ratios: a burst of machine noise slows every mode of its round alike
-            r["step_time_ratio"] = _round_ratio(r, ref)
+            r["step_time_ratio"] = round_ratio(r, ref)
     if "lean" in results and "recompute" in results:
-        results["recompute"]["step_time_ratio_to_lean"] = _round_ratio(results["recompute"], results["lean"])
-    return {"config": asdict(cfg), "machine": _machine(device), "results": results}
+        results["recompute"]["step_time_ratio_to_lean"] = round_ratio(results["recompute"], results["lean"])
+    return {"config": asdict(cfg), "machine": machine(device), "results": results}
 
 
-def _round_ratio(result: dict, base: dict) -> float:
+def round_ratio(result: dict, base: dict) -> float:
+    """The median over rounds of result's step time over base's (the two timed in the same round)."""
     return statistics.median(t / t_base for t, t_base in zip(result["step_seconds_all"], base["step_seconds_all"]))
 
 
-def _machine(device) -> dict:
+def machine(device) -> dict:
+    """What a benchmark ran on: the device, cores, torch, platform and date."""
     return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or
             platform.machine(), "cpu_count": os.cpu_count(), "torch": torch.__version__,
             "platform": platform.platform(), "date": time.strftime("%Y-%m-%d")}

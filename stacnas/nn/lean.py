@@ -21,62 +21,67 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .. import fused
-from ..ops import FactorizedReduce
 from . import recognize
-from .batchnorm import batch_stats, update_running_stats
+from .batchnorm import StatsUpdates
 from .cell_output import CellOutput
-from .routes import Conv, NormReLUConv, fast_pool
+from .routes import conv_chain, fast_pool
 
 
-def _conv(conv: nn.Conv2d, x, backend, act=None, bn=None):
-    """conv(ReLU(x)), or conv(ReLU(bn(x))) when the BatchNorm(affine=False) `bn` comes first."""
-    mean = var = None
-    training, eps = False, 0.0
-    if bn is not None:
-        mean, var, training = batch_stats(bn, x, backend)
-        eps = bn.eps
-    return NormReLUConv.apply(x, conv.weight, conv.stride, conv.padding, conv.dilation, conv.groups, act, mean, var,
-                              training, eps, backend)
-
-
-def _factorized_reduce(op: nn.Module, h, relu_h, backend):
+def _factorized_reduce(convs, h, relu_h, backend):
+    """cat(conv_a(ReLU(h)), conv_b(ReLU(h) shifted by a pixel)), the shifted input padded on odd sizes."""
     shifted = h[:, :, 1:, 1:]
     if odd := (h.shape[2] % 2 or h.shape[3] % 2):
         shifted = F.pad(shifted, (0, h.shape[3] % 2, 0, h.shape[2] % 2))
-    return torch.cat([_conv(op.conv_1, h, backend, act=relu_h()),
-                      _conv(op.conv_2, shifted, backend, act=None if odd else relu_h()[:, :, 1:, 1:])], dim=1)
+    return torch.cat([conv_chain([(convs[0], None, True)], h, backend, act=relu_h()),
+                      conv_chain([(convs[1], None, True)], shifted, backend,
+                                 act=None if odd else relu_h()[:, :, 1:, 1:])], dim=1)
 
 
-def _conv_chain(layers, h, relu_h, backend):
-    x = _conv(layers[1], h, backend, act=relu_h())
-    i = 2
+def chain_steps(layers):
+    """ConvChain's steps for a recognized conv chain (stacnas.nn.recognize.is_conv_chain), its trailing BN left out:
+    ReLU+conv, then each conv plain or after BN+ReLU."""
+    steps, i = [(layers[1], None, True)], 2
     while i < len(layers) - 1:
         if isinstance(layers[i], nn.BatchNorm2d):  # BN → ReLU → conv inside sep_conv
-            x = _conv(layers[i + 2], x, backend, bn=layers[i])
+            steps.append((layers[i + 2], layers[i], True))
             i += 3
         else:
-            conv = layers[i]
-            x = Conv.apply(x, conv.weight, conv.stride, conv.padding, conv.dilation, conv.groups, backend)
+            steps.append((layers[i], None, False))
             i += 1
-    return x
+    return steps
 
 
-def lean_term(op: nn.Module, h: torch.Tensor, relu_h, backend=None):
+def own_forward(op, h):
+    return op(h)
+
+
+def lean_term(op: nn.Module, h: torch.Tensor, relu_h, backend=None, call=own_forward, updates=None):
     """One candidate on state h, as (x, bn): x is the input z of a trailing BN(affine=False) to fold (bn given), or
-    the op's output (bn None). relu_h() gives the shared ReLU(h); backend is that of the fused ops."""
-    if recognize.is_identity(op):
+    the op's output (bn None). relu_h() gives the shared ReLU(h); backend is that of the fused ops; call(op, h) runs
+    an op whose structure is not recognized (stacnas.nn.recognize) through its own forward; updates: a StatsUpdates
+    that the running statistics of the op's inner BNs join (None: updated now)."""
+    kind = recognize.structure(op)
+    if kind == "identity":
         return h, None
-    if recognize.is_factorized_reduce(op):
+    if kind == "factorized_reduce":
         odd = h.shape[2] % 2 or h.shape[3] % 2
-        if not recognize.foldable(op.bn) or (odd and not isinstance(op, FactorizedReduce)):
-            return op(h), None  # DARTS' own FactorizedReduce does not handle odd sizes: run it as it is
-        return _factorized_reduce(op, h, relu_h, backend), op.bn
-    layers = recognize.layers_of(op)
-    if layers is not None and recognize.is_pool_then_bn(layers):
-        return (fast_pool(layers[0], backend) or layers[0])(h), layers[1]
-    if layers is not None and recognize.is_conv_chain(layers):
-        return _conv_chain(layers, h, relu_h, backend), layers[-1]
-    return op(h), None
+        if odd and not recognize.pads_odd_sizes(op):
+            return call(op, h), None  # DARTS' own FactorizedReduce does not handle odd sizes: run it as it is
+        return _factorized_reduce(recognize.factorized_reduce_convs(op), h, relu_h, backend), op.bn
+    if kind in ("pool_bn", "pool"):
+        layers = recognize.layers_of(op)
+        pooled = (fast_pool(layers[0], backend) or layers[0])(h)
+        return (pooled, layers[1]) if kind == "pool_bn" else (pooled, None)
+    if kind == "conv_chain":
+        layers = recognize.layers_of(op)
+        return conv_chain(chain_steps(layers), h, backend, act=relu_h(), updates=updates), layers[-1]
+    return call(op, h), None
+
+
+def _zeros(edges, states, weights):
+    """A node whose every candidate is `none`: its zero ops' output (times its weights, as DARTS' sum computes)."""
+    j = next(j for j, edge in enumerate(edges) if len(edge))
+    return edges[j][0](states[j]) * weights[j, 0]
 
 
 def shared_relu(states):
@@ -108,25 +113,47 @@ def common_dtype(xs, w) -> torch.dtype:
     return dtype
 
 
-def terms(edges):
-    """(j, k, op) for every candidate op k of edge j but `none` (its output is 0: it adds nothing to the sum)."""
-    return [(j, k, op) for j, edge in enumerate(edges) for k, op in enumerate(edge._ops) if not recognize.is_none(op)]
+def terms(edges, width: int):
+    """(j, k, op) for every candidate op k of edge j but `none` (its output is 0: it adds nothing to the sum), edges[j]
+    being edge j's candidates; an edge's candidates past the weights' `width` are not used (as zip(weights, ops) in
+    DARTS' MixedOp leaves them)."""
+    return [(j, k, op) for j, edge in enumerate(edges) for k, op in enumerate(edge[:width]) if not recognize.is_none(op)]
 
 
-def lean_node(edges, states, weights, backend=None, out: CellOutput | None = None):
-    """One node: sum over its incoming edges (edges[j] reads states[j]) of sum_k weights[j, k] · op_jk(states[j]),
-    written into the next slot of `out` when given."""
+def batch_statistics(bn: nn.BatchNorm2d) -> bool:
+    """Whether bn normalizes with the batch's statistics (training, or not tracking running ones)."""
+    return bn.training or not bn.track_running_stats
+
+
+def _one_kind_of_bn(xs, bns):
+    """(xs, bns, training, eps): one fused sum folds BNs of one kind (batch or running statistics, one eps), those of
+    the first; any other BN is applied here, its term then plain."""
+    first = next((bn for bn in bns if bn is not None), None)
+    if first is None:
+        return xs, bns, True, 1e-5
+    kind = (batch_statistics(first), first.eps)
+    for t, bn in enumerate(bns):
+        if bn is not None and (batch_statistics(bn), bn.eps) != kind:
+            xs[t], bns[t] = bn(xs[t]), None
+    return xs, bns, kind[0], kind[1]
+
+
+def lean_node(edges, states, weights, backend=None, out: CellOutput | None = None, call=own_forward):
+    """One node: sum over its incoming edges (edges[j], its candidates, reads states[j]) of
+    sum_k weights[j, k] · op_jk(states[j]), written into the next slot of `out` when given. call: see lean_term."""
     backend = fused.resolve_backend(backend, states[0].device)
     relu_of = shared_relu(states)
-    found = terms(edges)
-    xs, bns = [], []
+    found = terms(edges, weights.shape[-1])
+    if not found:
+        return _zeros(edges, states, weights)
+    xs, bns, updates = [], [], StatsUpdates()
+    inner = None if torch.compiler.is_compiling() else updates  # a traced autograd Function cannot append to a list
     for j, _, op in found:
-        x, bn = lean_term(op, states[j], relu_of(j), backend)
+        x, bn = lean_term(op, states[j], relu_of(j), backend, call, inner)
         xs.append(x)
         bns.append(bn)
+    xs, bns, training, eps = _one_kind_of_bn(xs, bns)
     normalize = [bn is not None for bn in bns]
-    training = any(bn.training or not bn.track_running_stats for bn in bns if bn is not None)
-    eps = next((bn.eps for bn in bns if bn is not None), 1e-5)
     running_mean = running_var = None
     if not training and any(normalize):
         C = xs[0].shape[1]
@@ -139,5 +166,6 @@ def lean_node(edges, states, weights, backend=None, out: CellOutput | None = Non
                                    out=None if out is None else out.slot(xs[0]))
     if training:
         updated = [k for k, bn in enumerate(bns) if bn is not None and bn.training and bn.track_running_stats]
-        update_running_stats([bns[k] for k in updated], mean[updated], var[updated], xs[0].numel() // xs[0].shape[1])
+        updates.add([bns[k] for k in updated], mean[updated], var[updated], xs[0].numel() // xs[0].shape[1])
+    updates.apply()
     return y

@@ -1,19 +1,22 @@
-"""Which DARTS candidate an nn.Module is, recognized by its structure, so that stacnas' op classes and those of
-DARTS-like code (recognized by class name and layers) get the same lean treatment. Anything not recognized runs
-as it is."""
+"""Which candidate an nn.Module is, recognized by its structure, so that stacnas' op classes and those of DARTS-family
+code (DARTS, RobustDARTS, P-DARTS, PC-DARTS, AutoDL-Projects, NASLib; recognized by class name and layers) get the
+same lean treatment. Anything not recognized runs as it is, through its own forward."""
 from __future__ import annotations
 
 import torch.nn as nn
 
-from ..ops import FactorizedReduce, Identity, Noise, Zero
+from ..ops import FactorizedReduce, Identity, Zero
+
+POOLS = (nn.AvgPool2d, nn.MaxPool2d)
 
 
-def _parameter_free_named(op: nn.Module, name: str) -> bool:
-    return type(op).__name__ == name and not any(True for _ in op.parameters())
+def _parameter_free_named(op: nn.Module, *names: str) -> bool:
+    return type(op).__name__ in names and not any(True for _ in op.parameters())
 
 
 def is_none(op: nn.Module) -> bool:
-    """`none`: its output is zeros."""
+    """`none`: its output is zeros (DARTS' and its descendants' Zero; NASLib's Zero1x1 doubles the channels and is
+    not one)."""
     return isinstance(op, Zero) or _parameter_free_named(op, "Zero")
 
 
@@ -21,41 +24,80 @@ def is_identity(op: nn.Module) -> bool:
     return isinstance(op, (Identity, nn.Identity)) or _parameter_free_named(op, "Identity")
 
 
-def is_factorized_reduce(op: nn.Module) -> bool:
-    """skip_connect at stride 2 (conv_1, conv_2, bn); DARTS' own pads no odd sizes, stacnas' does."""
-    return isinstance(op, FactorizedReduce) or (type(op).__name__ == "FactorizedReduce" and hasattr(op, "conv_1")
-                                                and hasattr(op, "conv_2") and foldable(getattr(op, "bn", None)))
-
-
-def uses_rng(op: nn.Module) -> bool:
-    """`noise` (stacnas' Noise, RobustDARTS' NoiseOp): its output is random, so a recomputation replays its RNG."""
-    return isinstance(op, Noise) or type(op).__name__ in ("Noise", "NoiseOp")
-
-
 def foldable(bn) -> bool:
     """A BatchNorm without affine parameters: it can be folded into the fused sum."""
     return isinstance(bn, nn.BatchNorm2d) and not bn.affine
 
 
+def conv1x1(layer) -> bool:
+    return (type(layer) is nn.Conv2d and layer.padding_mode == "zeros" and layer.kernel_size == (1, 1)
+            and layer.groups == 1 and layer.padding == (0, 0) and layer.dilation == (1, 1))
+
+
+def factorized_reduce_convs(op: nn.Module):
+    """The two 1×1 stride-2 convs of a FactorizedReduce (skip_connect at stride 2: ReLU, conv on x and on x shifted
+    by a pixel, concatenated, BN), or None. DARTS' keeps them in conv_1 and conv_2 and handles no odd sizes;
+    stacnas' pads the shifted input on odd sizes, as AutoDL's (convs[0], convs[1], pad) does on every size."""
+    if isinstance(op, FactorizedReduce):
+        return op.conv_1, op.conv_2
+    if type(op).__name__ != "FactorizedReduce" or not foldable(getattr(op, "bn", None)) \
+            or not isinstance(getattr(op, "relu", None), nn.ReLU):
+        return None
+    if hasattr(op, "conv_1") and hasattr(op, "conv_2"):
+        convs = (op.conv_1, op.conv_2)
+    elif isinstance(getattr(op, "convs", None), nn.ModuleList) and len(op.convs) == 2 and getattr(op, "stride", 0) == 2 \
+            and isinstance(getattr(op, "pad", None), nn.ConstantPad2d) and op.pad.padding == (0, 1, 0, 1):
+        convs = tuple(op.convs)
+    else:
+        return None
+    return convs if all(conv1x1(c) and c.stride == (2, 2) for c in convs) else None
+
+
+def pads_odd_sizes(op: nn.Module) -> bool:
+    """Whether a FactorizedReduce pads the shifted input (stacnas', AutoDL's) rather than failing on odd sizes."""
+    return isinstance(op, FactorizedReduce) or hasattr(op, "pad")
+
+
 def layers_of(op: nn.Module) -> list | None:
-    """The layer list of an op built like DARTS' (layers in `op.op`, or the op itself a Sequential), else None."""
-    inner = getattr(op, "op", None)
-    if isinstance(inner, nn.Sequential):
-        return list(inner)
-    return list(op) if isinstance(op, nn.Sequential) else None
+    """The layers an op applies one after another, for the ways DARTS-family code builds its candidates, else None:
+    layers in `op.op` (DARTS' ops, AutoDL's ReLUConvBN and SepConv) or the op a Sequential itself; AutoDL's
+    DualSepConv (op_a, then op_b); a bare pool, or one in AutoDL's POOLING (without a preprocess) or in NASLib's
+    MaxPool/AvgPool (`maxpool`/`avgpool`)."""
+    if isinstance(op, POOLS):
+        return [op]
+    if isinstance(op, nn.Sequential):
+        return list(op)
+    name = type(op).__name__
+    if name == "DualSepConv":
+        halves = [getattr(op, half, None) for half in ("op_a", "op_b")]
+        halves = [layers_of(h) if isinstance(h, nn.Module) else None for h in halves]
+        return None if None in halves else halves[0] + halves[1]
+    if name == "POOLING":
+        return [op.op] if getattr(op, "preprocess", True) is None and isinstance(getattr(op, "op", None), POOLS) \
+            else None
+    inner = getattr(op, {"MaxPool": "maxpool", "AvgPool": "avgpool"}.get(name, "op"), None)
+    if isinstance(inner, POOLS):
+        return [inner] if name in ("MaxPool", "AvgPool") else None
+    return list(inner) if isinstance(inner, nn.Sequential) else None
 
 
-def is_pool_then_bn(layers: list) -> bool:
+def pool_then_bn(layers: list) -> bool:
     """A search-form pool: max or avg pool, then BatchNorm(affine=False)."""
-    return len(layers) == 2 and isinstance(layers[0], (nn.AvgPool2d, nn.MaxPool2d)) and foldable(layers[1])
+    return len(layers) == 2 and isinstance(layers[0], POOLS) and foldable(layers[1])
+
+
+def bare_pool(layers: list) -> bool:
+    """A pool with no BatchNorm after it (AutoDL's and NAS-Bench-201's search pools)."""
+    return len(layers) == 1 and isinstance(layers[0], POOLS)
 
 
 def plain_conv(layer: nn.Module) -> bool:
-    return type(layer) is nn.Conv2d and layer.bias is None and layer.padding_mode == "zeros"
+    """A conv the lean routes run: nn.Conv2d itself, zero padding, bias or not (AutoDL's search convs carry one)."""
+    return type(layer) is nn.Conv2d and layer.padding_mode == "zeros"
 
 
 def is_conv_chain(layers: list) -> bool:
-    """ReLU, conv, (conv | BN ReLU conv)*, BN(affine=False), every conv without bias: nor_conv, dil_conv, sep_conv."""
+    """ReLU, conv, (conv | BN ReLU conv)*, BN(affine=False): nor_conv, dil_conv, sep_conv, DualSepConv."""
     if len(layers) < 3 or not isinstance(layers[0], nn.ReLU) or not plain_conv(layers[1]) or not foldable(layers[-1]):
         return False
     i = 2
@@ -68,3 +110,22 @@ def is_conv_chain(layers: list) -> bool:
         else:
             return False
     return True
+
+
+def structure(op: nn.Module) -> str | None:
+    """How the lean and recompute modes compute op: 'none', 'identity', 'factorized_reduce', 'pool_bn', 'pool',
+    'conv_chain', or None (op runs as it is, through its own forward)."""
+    if is_none(op):
+        return "none"
+    if is_identity(op):
+        return "identity"
+    if factorized_reduce_convs(op) is not None:
+        return "factorized_reduce"
+    layers = layers_of(op)
+    if layers is None:
+        return None
+    if pool_then_bn(layers):
+        return "pool_bn"
+    if bare_pool(layers):
+        return "pool"
+    return "conv_chain" if is_conv_chain(layers) else None

@@ -1,6 +1,8 @@
 """The recompute memory mode: a node keeps only its input states and weights; backward recomputes each candidate,
 one at a time, the way the lean mode computes it, with the BN running statistics frozen (they were updated once, in
-forward) and the RNG of `noise` replayed. Works with torch.autograd.grad too (DARTS' second-order step)."""
+forward) and, where a candidate runs through its own forward (`noise`, Dropout, anything stacnas.nn.recognize does
+not know), the RNG states replayed, as torch.utils.checkpoint does: the CPU's and the device's. Works with
+torch.autograd.grad too (DARTS' second-order step)."""
 from __future__ import annotations
 
 import contextlib
@@ -10,24 +12,24 @@ from torch.autograd.function import once_differentiable
 
 from .. import fused
 from . import recognize
-from .batchnorm import batch_stats, frozen_running_stats
+from .batchnorm import StatsUpdates, batch_stats, frozen_running_stats
 from .cell_output import CellOutput
-from .lean import common_dtype, lean_term, shared_relu, terms
+from .lean import own_forward, common_dtype, lean_node, lean_term, shared_relu, terms
 from .routes import normalized
 
 
-def _rng_state(device):
-    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
+def _rng_states(device):
+    """The RNG states a candidate may draw from: the CPU's, and the device's when it is a GPU."""
+    return torch.get_rng_state(), (torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
 
 
 @contextlib.contextmanager
-def _replayed_rng(device, state):
+def _replayed_rng(device, states):
     devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices, device_type=device.type):
-        if device.type == "cuda":
-            torch.cuda.set_rng_state(state, device)
-        else:
-            torch.set_rng_state(state)
+    with torch.random.fork_rng(devices=devices):
+        torch.set_rng_state(states[0])
+        if states[1] is not None:
+            torch.cuda.set_rng_state(states[1], device)
         yield
 
 
@@ -45,17 +47,18 @@ class RecomputeNode(torch.autograd.Function):
     given; keeps only the states and w."""
 
     @staticmethod
-    def forward(ctx, out, backend, node_terms, n_states, w, *tensors):
+    def forward(ctx, out, backend, call, node_terms, n_states, w, *tensors):
         states = tensors[:n_states]  # the rest are the ops' parameters: inputs, so that they get gradients
         relu_of = shared_relu(states)
-        y, rng, stats = None, {}, {}
+        # the terms draw in this order in forward and again in backward, from the same states
+        rng = _rng_states(states[0].device) if any(recognize.structure(op) is None for _, op, _ in node_terms) \
+            else None
+        y, stats, updates = None, {}, StatsUpdates()
         for t, (s, op, _) in enumerate(node_terms):
-            if recognize.uses_rng(op):
-                rng[t] = _rng_state(states[s].device)
-            x, bn = lean_term(op, states[s], relu_of(s), backend)
+            x, bn = lean_term(op, states[s], relu_of(s), backend, call, updates)
             o = x
             if bn is not None:  # transient: one term at a time; its running statistics are updated once, here
-                mean, var, training = batch_stats(bn, x, backend)
+                mean, var, training = batch_stats(bn, x, backend, updates)
                 o = normalized(x, mean, var, bn.eps)
                 if training:
                     stats[t] = (mean, var)  # backward recomputes x exactly: its batch statistics are these
@@ -64,7 +67,8 @@ class RecomputeNode(torch.autograd.Function):
                 y = torch.mul(o, w[t], out=out.slot(o) if out is not None else torch.empty_like(o))
             else:
                 y.addcmul_(o, w[t])
-        ctx.node_terms, ctx.rng, ctx.stats, ctx.backend = node_terms, rng, stats, backend
+        updates.apply()
+        ctx.node_terms, ctx.rng, ctx.stats, ctx.backend, ctx.call = node_terms, rng, stats, backend, call
         ctx.autocast = _autocast_state(states[0].device)
         ctx.save_for_backward(w, *states)
         return y
@@ -77,21 +81,23 @@ class RecomputeNode(torch.autograd.Function):
         relu_of = shared_relu(states)
         grad_states = [None] * len(states)
         grad_params, grad_w = [], torch.zeros_like(w)
-        for t, (s, op, params) in enumerate(ctx.node_terms):
-            replay = _replayed_rng(leaves[s].device, ctx.rng[t]) if t in ctx.rng else contextlib.nullcontext()
-            with frozen_running_stats(op), torch.enable_grad(), replay, ctx.autocast():
-                x, bn = lean_term(op, leaves[s], relu_of(s), ctx.backend)
-                x = x.to(common_dtype([x], w))
-            grad_x, grad_w[t] = _term_backward(grad, x.detach(), bn, ctx.stats.get(t), w[t:t + 1], ctx.backend)
-            wanted = ([leaves[s]] if leaves[s].requires_grad else []) + [p for p in params if p.requires_grad]
-            found = iter(torch.autograd.grad(x, wanted, grad_x, allow_unused=True) if x.requires_grad and wanted
-                         else [None] * len(wanted))
-            if leaves[s].requires_grad:
-                g_state = next(found)
-                if g_state is not None:
-                    grad_states[s] = g_state if grad_states[s] is None else grad_states[s] + g_state
-            grad_params.extend(next(found) if p.requires_grad else None for p in params)
-        return (None, None, None, None, grad_w, *grad_states, *grad_params)
+        replay = _replayed_rng(leaves[0].device, ctx.rng) if ctx.rng is not None else contextlib.nullcontext()
+        with replay:
+            for t, (s, op, params) in enumerate(ctx.node_terms):
+                with frozen_running_stats(op), torch.enable_grad(), ctx.autocast():
+                    x, bn = lean_term(op, leaves[s], relu_of(s), ctx.backend, ctx.call)
+                    x = x.to(common_dtype([x], w))
+                grad_x, grad_w[t] = _term_backward(grad, x.detach(), bn, ctx.stats.get(t), w[t:t + 1].to(x.dtype),
+                                                    ctx.backend)
+                wanted = ([leaves[s]] if leaves[s].requires_grad else []) + [p for p in params if p.requires_grad]
+                found = iter(torch.autograd.grad(x, wanted, grad_x, allow_unused=True) if x.requires_grad and wanted
+                             else [None] * len(wanted))
+                if leaves[s].requires_grad:
+                    g_state = next(found)
+                    if g_state is not None:
+                        grad_states[s] = g_state if grad_states[s] is None else grad_states[s] + g_state
+                grad_params.extend(next(found) if p.requires_grad else None for p in params)
+        return (None, None, None, None, None, grad_w, *grad_states, *grad_params)
 
 
 def _term_backward(grad, x, bn, batch, w_t, backend):
@@ -109,11 +115,13 @@ def _term_backward(grad, x, bn, batch, w_t, backend):
     return grad_x, grad_w[0]
 
 
-def recompute_node(edges, states, weights, backend=None, out: CellOutput | None = None):
+def recompute_node(edges, states, weights, backend=None, out: CellOutput | None = None, call=own_forward):
     """lean_node's result, keeping only the states and the weights for backward."""
     backend = fused.resolve_backend(backend, states[0].device)
-    found = terms(edges)
+    found = terms(edges, weights.shape[-1])
+    if not found:
+        return lean_node(edges, states, weights, backend, out, call)
     node_terms = [(j, op, list(op.parameters())) for j, _, op in found]
     w = weights[[j for j, _, _ in found], [k for _, k, _ in found]]
-    return RecomputeNode.apply(out, backend, node_terms, len(states), w, *states,
+    return RecomputeNode.apply(out, backend, call, node_terms, len(states), w, *states,
                                *(p for _, _, ps in node_terms for p in ps))

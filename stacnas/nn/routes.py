@@ -3,8 +3,8 @@
 PyTorch's CPU backward of the depthwise and pointwise convs in sep_conv and dil_conv costs 5–20× their forward, and
 its CPU max-pool 25× two elementwise passes. These routes compute the same values (exactly, or equal to rounding
 where sums are associated differently, as each function says) and keep less for backward:
-  - NormReLUConv: conv(ReLU(x)) or conv(ReLU(BN(x))) keeping x, not the activation;
-  - Conv: a bias-free conv whose backward takes conv_backward's routes;
+  - ConvChain: DARTS' conv ops (ReLU, convs, BN+ReLU inside sep_conv) keeping each conv's input, not the
+    activations, their convs taking conv_forward's and conv_backward's routes;
   - MaxPoolNoIndices: a 3×3 max-pool that keeps no int64 indices;
   - avg_pool3x3: a 3×3 average pool (count_include_pad=False) as two 3-wide sums.
 `backend` is the kernel backend of the fused ops they call (stacnas.fused).
@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from .. import fused
-from ..fused.torch_backend import per_channel
+from .batchnorm import batch_stats
 
 
 def pair(v) -> list:
@@ -25,9 +25,9 @@ def pair(v) -> list:
 
 
 def normalized(x, mean, var, eps):
-    """(x - mean) / sqrt(var + eps), per channel, as BatchNorm(affine=False) computes it."""
-    rstd = torch.rsqrt(var + eps)
-    return torch.addcmul(per_channel(-mean * rstd, x), x, per_channel(rstd, x))
+    """(x - mean) / sqrt(var + eps), per channel: BatchNorm(affine=False) with these statistics, by PyTorch's own
+    kernel (one call)."""
+    return F.batch_norm(x, mean, var, None, None, False, 0.0, eps)
 
 
 def activation(x, mean, var, eps):
@@ -35,50 +35,72 @@ def activation(x, mean, var, eps):
     return F.relu(x if mean is None else normalized(x, mean, var, eps))
 
 
-class NormReLUConv(torch.autograd.Function):
-    """conv(ReLU(x)), or conv(ReLU(BN(x))) with BN statistics (mean, var), keeping x, not the activation, for
-    backward; with batch statistics (training) the gradient flows through them as BatchNorm's does.
-
-    `act` may hand in the activation already computed (shared by several convs); it is not kept either.
-    """
-
-    @staticmethod
-    def forward(ctx, x, weight, stride, padding, dilation, groups, act, mean, var, training, eps, backend):
-        x = x.to(weight.dtype)  # under autocast a bfloat16 input (the stem's output): kept as backward computes
-        if act is None:
-            act = activation(x, mean, var, eps)
-        ctx.save_for_backward(x, weight, mean, var)
-        ctx.conv, ctx.training, ctx.eps, ctx.backend = (stride, padding, dilation, groups), training, eps, backend
-        return conv_forward(act, weight, stride, padding, dilation, groups)
+class ConvChain(torch.autograd.Function):
+    """A chain of convolutions as DARTS' conv ops apply them up to their trailing BN, in one autograd node: each
+    step is (conv, bn, relu): conv(ReLU(x)) when relu, conv(ReLU(bn(x))) with bn's statistics (sep_conv's middle
+    BatchNorm(affine=False)), or conv(x). It keeps each conv's input, not the activations (recomputed in backward);
+    with batch statistics the gradient flows through them as BatchNorm's does. `act` may hand in the first step's
+    activation already computed (ReLU(x), shared by several ops); it is not kept either. params: every conv's
+    weight and bias (when it has one), in order, so that autograd hands them their gradients. The BNs' running
+    statistics are updated once, here or with `updates` (batch_stats)."""
 
     @staticmethod
-    @once_differentiable
-    def backward(ctx, grad):
-        x, weight, mean, var = ctx.saved_tensors
-        act = activation(x, mean, var, ctx.eps)
-        grad_act, grad_weight = conv_backward(grad, act, weight, *ctx.conv, ctx.needs_input_grad[:2], ctx.backend)
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.ops.aten.threshold_backward(grad_act, act, 0) if mean is None else \
-                fused.batch_norm_relu_backward(grad_act, x, mean, var, ctx.training, ctx.eps, ctx.backend)
-        return grad_x, grad_weight, *[None] * 10
-
-
-class Conv(torch.autograd.Function):
-    """F.conv2d(x, weight) without bias, with the backward of `conv_backward`."""
-
-    @staticmethod
-    def forward(ctx, x, weight, stride, padding, dilation, groups, backend):
-        x = x.to(weight.dtype)  # as NormReLUConv's
-        ctx.save_for_backward(x, weight)
-        ctx.conv, ctx.backend = (stride, padding, dilation, groups), backend
-        return conv_forward(x, weight, stride, padding, dilation, groups)
+    def forward(ctx, x, act, steps, backend, updates, *params):
+        z = x.to(steps[0][0].weight.dtype)  # under autocast a bfloat16 input (the stem's output): kept as used
+        inputs, stats = [], []
+        for i, (conv, bn, relu) in enumerate(steps):
+            found = batch_stats(bn, z, backend, updates) + (bn.eps,) if bn is not None else None
+            if found is not None:
+                a = activation(z, found[0], found[1], found[3])
+            else:
+                a = (act if i == 0 and act is not None else F.relu(z)) if relu else z
+            inputs.append(z)
+            stats.append(found)
+            z = conv_forward(a, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+        ctx.save_for_backward(*inputs, *(t for found in stats if found is not None for t in found[:2]))
+        ctx.steps, ctx.stats, ctx.backend = steps, [None if f is None else f[2:] for f in stats], backend
+        return z
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        return (*conv_backward(grad, x, weight, *ctx.conv, ctx.needs_input_grad[:2], ctx.backend), *[None] * 5)
+        saved = ctx.saved_tensors
+        inputs, moments = saved[:len(ctx.steps)], saved[len(ctx.steps):]
+        needs = iter(ctx.needs_input_grad[5:])  # per step: its weight, and its bias when it has one
+        wanted = [(next(needs), conv.bias is not None and next(needs)) for conv, _, _ in ctx.steps]
+        normalized_steps = [i for i, found in enumerate(ctx.stats) if found is not None]
+        grads = [None] * len(ctx.steps)
+        for i in reversed(range(len(ctx.steps))):
+            conv, _, relu = ctx.steps[i]
+            z, found = inputs[i], ctx.stats[i]
+            if found is not None:
+                m = normalized_steps.index(i)
+                mean, var = moments[2 * m], moments[2 * m + 1]
+                a = activation(z, mean, var, found[1])
+            else:
+                a = F.relu(z) if relu else z
+            need_input = i > 0 or ctx.needs_input_grad[0]
+            grad_a, grad_weight = conv_backward(grad, a, conv.weight, conv.stride, conv.padding, conv.dilation,
+                                                conv.groups, (need_input, wanted[i][0]), ctx.backend)
+            grads[i] = (grad_weight, bias_grad(grad, wanted[i][1])) if conv.bias is not None else (grad_weight,)
+            if need_input:
+                if found is not None:
+                    grad = fused.batch_norm_relu_backward(grad_a, z, mean, var, found[0], found[1], ctx.backend)
+                else:
+                    grad = torch.ops.aten.threshold_backward(grad_a, a, 0) if relu else grad_a
+        return (grad if ctx.needs_input_grad[0] else None, None, None, None, None,
+                *(g for step in grads for g in step))
+
+
+def conv_chain(steps, x, backend, act=None, updates=None):
+    """ConvChain's result for `steps` on x; updates: a StatsUpdates its BNs' running statistics join (None: now)."""
+    params = [p for conv, _, _ in steps for p in (conv.weight, conv.bias) if p is not None]
+    return ConvChain.apply(x, act, steps, backend, updates, *params)
+
+
+def bias_grad(grad, needed: bool):
+    """The gradient of a conv's bias: grad summed over every dimension but the channels."""
+    return grad.sum([d for d in range(grad.dim()) if d != 1]) if needed else None
 
 
 def _pointwise(x, weight, stride, padding, groups) -> bool:
@@ -88,35 +110,42 @@ def _pointwise(x, weight, stride, padding, groups) -> bool:
             and pair(padding) == [0, 0])
 
 
-def conv_forward(x, weight, stride, padding, dilation, groups):
-    """F.conv2d(x, weight, None, stride, padding, dilation, groups); pointwise convs as matrix products on CPUs
+def conv_forward(x, weight, bias, stride, padding, dilation, groups):
+    """F.conv2d(x, weight, bias, stride, padding, dilation, groups); pointwise convs as matrix products on CPUs
     (equal to rounding). Under autocast the product runs in its dtype and the result is handed back in the weight's
     (the lean supernet keeps its states in float32; stacnas.nn.lean)."""
     if _pointwise(x, weight, stride, padding, groups):
         n, c_out = x.shape[0], weight.shape[0]
         # bmm with the weight expanded (a view): torch.matmul would copy x to fold the batch into one product
         matrix = weight.reshape(1, c_out, -1).expand(n, -1, -1)
-        y = torch.bmm(matrix, x.reshape(n, x.shape[1], -1)).view(n, c_out, *x.shape[2:])
+        y = x.reshape(n, x.shape[1], -1)
+        if bias is None:
+            y = torch.bmm(matrix, y)
+        else:
+            y = torch.baddbmm(bias.to(y.dtype).view(1, c_out, 1), matrix, y)
+        y = y.view(n, c_out, *x.shape[2:])
     else:
-        y = F.conv2d(x, weight, None, stride, padding, dilation, groups)
+        y = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
     return y.to(weight.dtype)
 
 
 def conv_backward(grad, x, weight, stride, padding, dilation, groups, needs, backend=None):
     """(grad_x, grad_weight) of F.conv2d(x, weight, None, stride, padding, dilation, groups), each only where `needs`
-    says. On CPUs the depthwise and pointwise convs take other routes than PyTorch's (equal to rounding): the
-    depthwise filter gradient by stacnas.fused (PyTorch's own is fast only for undilated 3×3), the depthwise input
-    gradient at stride 1 as a forward conv of grad with the flipped filters, and the pointwise (1×1, stride 1)
-    gradients as matrix products."""
+    says. On CPUs the depthwise convs but the undilated 3×3 ones and the pointwise convs take other routes than
+    PyTorch's (equal to rounding): the depthwise filter gradient by stacnas.fused, the depthwise input gradient at
+    stride 1 as a forward conv of grad with the flipped filters, and the pointwise (1×1, stride 1) gradients as
+    matrix products."""
     stride, padding, dilation = pair(stride), pair(padding), pair(dilation)
     c_out, c_in_group, kh, kw = weight.shape
-    if x.device.type == "cpu" and groups == x.shape[1] == c_out and c_in_group == 1:
+    # PyTorch's own depthwise backward is fast for undilated 3×3 filters: there it computes both gradients in one call
+    if x.device.type == "cpu" and groups == x.shape[1] == c_out and c_in_group == 1 \
+            and not ((kh, kw) == (3, 3) and dilation == [1, 1]):
         grad_x = grad_weight = None
         if needs[0] and stride == [1, 1]:
             flipped = [d * (k - 1) - p for d, k, p in zip(dilation, (kh, kw), padding)]
             if min(flipped) >= 0:
                 grad_x = F.conv2d(grad, weight.flip(-2, -1), None, 1, flipped, dilation, groups)
-        if needs[1] and not ((kh, kw) == (3, 3) and dilation == [1, 1]):
+        if needs[1]:
             grad_weight = fused.depthwise_conv2d_weight_grad(grad, x, [kh, kw], stride, padding, dilation, backend)
         rest = [needs[0] and grad_x is None, needs[1] and grad_weight is None]
         if any(rest):

@@ -16,7 +16,7 @@ from ..names import CELL_TYPES, DEFAULT_MEMORY_MODE
 from ..ops import FactorizedReduce, ReLUConvBN
 from ..spaces import SearchSpace
 from .mixed_op import MixedOp
-from .modes import ReferenceCell, cell_forward, check_mode
+from .modes import ReferenceCell, cell_forward, check_mode, darts_cell
 
 
 class SearchCell(nn.Module):
@@ -40,14 +40,10 @@ class SearchCell(nn.Module):
     def forward(self, s0, s1, weights, run=None):
         """weights: (edges, max_ops); entries past an edge's own op count are ignored. run: how this forward computes
         (stacnas.nn.modes.cell_forward); DARTS' plain computation when None."""
-        run = run or ReferenceCell()
-        states = [run.preprocess(self.preprocess0, s0), run.preprocess(self.preprocess1, s1)]
-        offset = 0
-        for _ in range(self.nodes):
-            edges, node_weights = self._ops[offset:offset + len(states)], weights[offset:offset + len(states)]
-            offset += len(states)
-            states.append(run.node(edges, states, node_weights))
-        return run.output(states[-self.nodes:])
+        first = [node * (node + 3) // 2 for node in range(self.nodes)]  # node i's first edge: 2 + 3 + ... before it
+        return darts_cell(run or ReferenceCell(), self.preprocess0, self.preprocess1, s0, s1, self.nodes, self.nodes,
+                          lambda i, n: [edge._ops for edge in self._ops[first[i]:first[i] + n]],
+                          lambda i, n: weights[first[i]:first[i] + n])
 
 
 class Supernet(nn.Module):

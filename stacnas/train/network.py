@@ -121,10 +121,24 @@ class _Network(nn.Module):
         return (p for name, p in self.named_parameters() if not name.startswith("auxiliary_head."))
 
 
+def _arguments(network: str, genotype, C, num_classes, layers, auxiliary):
+    """(genotype, C, num_classes, layers, auxiliary) given in stacnas' order, or in the order of DARTS' model.py,
+    `NetworkCIFAR(C, num_classes, layers, auxiliary, genotype)`, which DARTS-family train.py files use."""
+    if not genotypes.genotype_like(genotype) and genotypes.genotype_like(auxiliary):
+        genotype, C, num_classes, layers, auxiliary = auxiliary, genotype, C, num_classes, layers
+    if not genotypes.genotype_like(genotype):
+        raise UsageError(f"{network} takes (genotype, C, num_classes, layers, auxiliary), or DARTS' order (C, "
+                         f"num_classes, layers, auxiliary, genotype); got {type(genotype).__name__} where the genotype "
+                         "goes")
+    return genotypes.adopt(genotype), C, num_classes, layers, auxiliary
+
+
 class NetworkCIFAR(_Network):
     def __init__(self, genotype: Genotype, C=36, num_classes=10, layers=20, auxiliary=True, in_channels=3,
                  stem_multiplier=3):
         super().__init__()
+        genotype, C, num_classes, layers, auxiliary = _arguments("NetworkCIFAR", genotype, C, num_classes, layers,
+                                                                 auxiliary)
         self.drop_path_prob = 0.0
         C_stem = stem_multiplier * C
         self.stem = nn.Sequential(nn.Conv2d(in_channels, C_stem, 3, padding=1, bias=False), nn.BatchNorm2d(C_stem))
@@ -143,6 +157,8 @@ class NetworkImageNet(_Network):
 
     def __init__(self, genotype: Genotype, C=48, num_classes=1000, layers=14, auxiliary=True, in_channels=3):
         super().__init__()
+        genotype, C, num_classes, layers, auxiliary = _arguments("NetworkImageNet", genotype, C, num_classes, layers,
+                                                                 auxiliary)
         self.drop_path_prob = 0.0
         self.stem0 = nn.Sequential(
             nn.Conv2d(in_channels, C // 2, 3, stride=2, padding=1, bias=False),
