@@ -30,7 +30,7 @@ import torch
 import torch.nn as nn
 
 from ..names import DEFAULT_MEMORY_MODE
-from . import peers
+from . import peers, recognize
 from .mixed_op import MixedOp
 from .modes import check_mode
 from .supernet import Supernet
@@ -82,6 +82,7 @@ def use_fused_mixed_ops(model: nn.Module, mode: str = DEFAULT_MEMORY_MODE, kerne
     _survey(model, "", plan, report, kernels, set())
     for name, module, peer in plan:  # everything was surveyed first: nothing is left half done
         _unfuse(module)
+        recognize.forget(module)
         if mode != "reference":
             _fuse(module, name, peer, peers.Fusion(mode, kernels), check)
             report.fused[name] = peer.name

@@ -37,20 +37,6 @@ def _factorized_reduce(convs, h, relu_h, backend):
                                  act=None if odd else relu_h()[:, :, 1:, 1:])], dim=1)
 
 
-def chain_steps(layers):
-    """ConvChain's steps for a recognized conv chain (stacnas.nn.recognize.is_conv_chain), its trailing BN left out:
-    ReLU+conv, then each conv plain or after BN+ReLU."""
-    steps, i = [(layers[1], None, True)], 2
-    while i < len(layers) - 1:
-        if isinstance(layers[i], nn.BatchNorm2d):  # BN → ReLU → conv inside sep_conv
-            steps.append((layers[i + 2], layers[i], True))
-            i += 3
-        else:
-            steps.append((layers[i], None, False))
-            i += 1
-    return steps
-
-
 def own_forward(op, h):
     return op(h)
 
@@ -60,28 +46,20 @@ def lean_term(op: nn.Module, h: torch.Tensor, relu_h, backend=None, call=own_for
     the op's output (bn None). relu_h() gives the shared ReLU(h); backend is that of the fused ops; call(op, h) runs
     an op whose structure is not recognized (stacnas.nn.recognize) through its own forward; updates: a StatsUpdates
     that the running statistics of the op's inner BNs join (None: updated now)."""
-    kind = recognize.structure(op)
+    kind, parts = recognize.recognize(op)
     if kind == "identity":
         return h, None
     if kind == "factorized_reduce":
-        odd = h.shape[2] % 2 or h.shape[3] % 2
-        if odd and not recognize.pads_odd_sizes(op):
+        convs, bn, pads = parts
+        if (h.shape[2] % 2 or h.shape[3] % 2) and not pads:
             return call(op, h), None  # DARTS' own FactorizedReduce does not handle odd sizes: run it as it is
-        return _factorized_reduce(recognize.factorized_reduce_convs(op), h, relu_h, backend), op.bn
+        return _factorized_reduce(convs, h, relu_h, backend), bn
     if kind in ("pool_bn", "pool"):
-        layers = recognize.layers_of(op)
-        pooled = (fast_pool(layers[0], backend) or layers[0])(h)
-        return (pooled, layers[1]) if kind == "pool_bn" else (pooled, None)
+        pooled = (fast_pool(parts[0], backend) or parts[0])(h)
+        return pooled, (parts[1] if kind == "pool_bn" else None)
     if kind == "conv_chain":
-        layers = recognize.layers_of(op)
-        return conv_chain(chain_steps(layers), h, backend, act=relu_h(), updates=updates), layers[-1]
+        return conv_chain(parts[0], h, backend, act=relu_h(), updates=updates), parts[1]
     return call(op, h), None
-
-
-def _zeros(edges, states, weights):
-    """A node whose every candidate is `none`: its zero ops' output (times its weights, as DARTS' sum computes)."""
-    j = next(j for j, edge in enumerate(edges) if len(edge))
-    return edges[j][0](states[j]) * weights[j, 0]
 
 
 def shared_relu(states):
@@ -117,7 +95,8 @@ def terms(edges, width: int):
     """(j, k, op) for every candidate op k of edge j but `none` (its output is 0: it adds nothing to the sum), edges[j]
     being edge j's candidates; an edge's candidates past the weights' `width` are not used (as zip(weights, ops) in
     DARTS' MixedOp leaves them)."""
-    return [(j, k, op) for j, edge in enumerate(edges) for k, op in enumerate(edge[:width]) if not recognize.is_none(op)]
+    return [(j, k, op) for j, edge in enumerate(edges) for k, op in enumerate(edge[:width])
+            if recognize.structure(op) != "none"]
 
 
 def batch_statistics(bn: nn.BatchNorm2d) -> bool:

@@ -1,7 +1,11 @@
 """Which candidate an nn.Module is, recognized by its structure, so that stacnas' op classes and those of DARTS-family
 code (DARTS, RobustDARTS, P-DARTS, PC-DARTS, AutoDL-Projects, NASLib; recognized by class name and layers) get the
-same lean treatment. Anything not recognized runs as it is, through its own forward."""
+same lean treatment. Anything not recognized runs as it is, through its own forward. Each module is recognized once
+(recognize() remembers it; use_fused_mixed_ops makes the modules it fuses be recognized afresh)."""
 from __future__ import annotations
+
+import weakref
+from typing import NamedTuple
 
 import torch.nn as nn
 
@@ -112,20 +116,62 @@ def is_conv_chain(layers: list) -> bool:
     return True
 
 
+class Recognized(NamedTuple):
+    """What an op is to the lean and recompute modes. kind: 'none', 'identity', 'factorized_reduce' (parts: its two
+    convs, its BN, whether it pads odd sizes), 'pool_bn' (the pool, the BN), 'pool' (the pool), 'conv_chain' (the
+    ConvChain steps, the trailing BN), or None: the op runs as it is, through its own forward."""
+    kind: str | None
+    parts: tuple = ()
+
+
+_RECOGNIZED: "weakref.WeakKeyDictionary[nn.Module, Recognized]" = weakref.WeakKeyDictionary()
+
+
+def recognize(op: nn.Module) -> Recognized:
+    """op's Recognized, found at its first use and remembered (forget() makes a changed module be looked at again)."""
+    found = _RECOGNIZED.get(op)
+    if found is None:
+        found = _RECOGNIZED[op] = _recognize(op)
+    return found
+
+
+def forget(module: nn.Module) -> None:
+    """Recognize module and everything in it afresh at their next use."""
+    for m in module.modules():
+        _RECOGNIZED.pop(m, None)
+
+
 def structure(op: nn.Module) -> str | None:
-    """How the lean and recompute modes compute op: 'none', 'identity', 'factorized_reduce', 'pool_bn', 'pool',
-    'conv_chain', or None (op runs as it is, through its own forward)."""
+    return recognize(op).kind
+
+
+def _recognize(op: nn.Module) -> Recognized:
     if is_none(op):
-        return "none"
+        return Recognized("none")
     if is_identity(op):
-        return "identity"
-    if factorized_reduce_convs(op) is not None:
-        return "factorized_reduce"
+        return Recognized("identity")
+    convs = factorized_reduce_convs(op)
+    if convs is not None:
+        return Recognized("factorized_reduce", (convs, op.bn, pads_odd_sizes(op)))
     layers = layers_of(op)
     if layers is None:
-        return None
+        return Recognized(None)
     if pool_then_bn(layers):
-        return "pool_bn"
+        return Recognized("pool_bn", (layers[0], layers[1]))
     if bare_pool(layers):
-        return "pool"
-    return "conv_chain" if is_conv_chain(layers) else None
+        return Recognized("pool", (layers[0],))
+    return Recognized("conv_chain", (chain_steps(layers), layers[-1])) if is_conv_chain(layers) else Recognized(None)
+
+
+def chain_steps(layers) -> tuple:
+    """ConvChain's steps (stacnas.nn.routes) for a conv chain (is_conv_chain), its trailing BN left out: ReLU+conv,
+    then each conv plain or after BN+ReLU."""
+    steps, i = [(layers[1], None, True)], 2
+    while i < len(layers) - 1:
+        if isinstance(layers[i], nn.BatchNorm2d):  # BN → ReLU → conv inside sep_conv
+            steps.append((layers[i + 2], layers[i], True))
+            i += 3
+        else:
+            steps.append((layers[i], None, False))
+            i += 1
+    return tuple(steps)
