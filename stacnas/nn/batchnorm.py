@@ -10,39 +10,32 @@ import torch.nn as nn
 from .. import fused
 
 
-def batch_stats(bn: nn.BatchNorm2d, z: torch.Tensor, backend=None, updates: "StatsUpdates | None" = None):
+def batch_stats(bn: nn.BatchNorm2d, z: torch.Tensor, backend=None):
     """(mean, var, training): the statistics `bn` would normalize z with, and whether they are z's batch statistics
-    (then z's gradient flows through them). Updates the running statistics as `bn` would (once): now, or with
-    the other `updates` of the node."""
+    (then z's gradient flows through them). Updates the running statistics as `bn` would (once)."""
     if bn.training or not bn.track_running_stats:
         mean, var = fused.batch_norm_stats(z, backend)
         if bn.training and bn.track_running_stats:
-            pending = StatsUpdates() if updates is None else updates
-            pending.add([bn], mean[None], var[None], z.numel() // z.shape[1])
-            if updates is None:
-                pending.apply()
+            update_running_stats([bn], mean[None], var[None], z.numel() // z.shape[1])
         return mean, var, True
     return bn.running_mean, bn.running_var, False
 
 
-class StatsUpdates:
-    """Running-statistics updates of a node's BNs, made together (foreach ops per sample count): one call instead of
-    one per BN."""
-
-    def __init__(self):
-        self.pending = {}  # samples per channel → ([bn], [means (K, C)], [variances (K, C)])
-
-    def add(self, bns, means, variances, n: int):
-        if bns:
-            found = self.pending.setdefault(n, ([], [], []))
-            found[0].extend(bns)
-            found[1].append(means)
-            found[2].append(variances)
-
-    def apply(self):
-        for n, (bns, means, variances) in self.pending.items():
-            update_running_stats(bns, torch.cat(means), torch.cat(variances), n)
-        self.pending = {}
+def normalize(bn: nn.BatchNorm2d, z: torch.Tensor):
+    """(bn(z), mean, var, training) for a BatchNorm(affine=False), by PyTorch's own kernel as bn's forward calls it
+    (running statistics updated there, once): bn's output and the statistics it normalized with (training: z's batch
+    statistics, through which z's gradient flows)."""
+    training = bn.training or not bn.track_running_stats
+    tracking = bn.training and bn.track_running_stats
+    factor = 0.0
+    if tracking:
+        bn.num_batches_tracked.add_(1)
+        factor = bn.momentum if bn.momentum is not None else 1.0 / float(bn.num_batches_tracked)
+    running = (bn.running_mean, bn.running_var) if not training or tracking else (None, None)
+    out, mean, invstd = torch.native_batch_norm(z, None, None, *running, training, factor, bn.eps)
+    if not training:
+        return out, bn.running_mean, bn.running_var, False
+    return out, mean, invstd.double().pow(-2).sub(bn.eps).to(mean.dtype), True
 
 
 def update_running_stats(bns, means, variances, n):

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from .. import fused
 from . import recognize
-from .batchnorm import StatsUpdates
+from .batchnorm import update_running_stats
 from .cell_output import CellOutput
 from .routes import conv_chain, fast_pool
 
@@ -41,11 +41,10 @@ def own_forward(op, h):
     return op(h)
 
 
-def lean_term(op: nn.Module, h: torch.Tensor, relu_h, backend=None, call=own_forward, updates=None):
+def lean_term(op: nn.Module, h: torch.Tensor, relu_h, backend=None, call=own_forward):
     """One candidate on state h, as (x, bn): x is the input z of a trailing BN(affine=False) to fold (bn given), or
     the op's output (bn None). relu_h() gives the shared ReLU(h); backend is that of the fused ops; call(op, h) runs
-    an op whose structure is not recognized (stacnas.nn.recognize) through its own forward; updates: a StatsUpdates
-    that the running statistics of the op's inner BNs join (None: updated now)."""
+    an op whose structure is not recognized (stacnas.nn.recognize) through its own forward."""
     kind, parts = recognize.recognize(op)
     if kind == "identity":
         return h, None
@@ -58,7 +57,7 @@ def lean_term(op: nn.Module, h: torch.Tensor, relu_h, backend=None, call=own_for
         pooled = (fast_pool(parts[0], backend) or parts[0])(h)
         return pooled, (parts[1] if kind == "pool_bn" else None)
     if kind == "conv_chain":
-        return conv_chain(parts[0], h, backend, act=relu_h(), updates=updates), parts[1]
+        return conv_chain(parts[0], h, backend, act=relu_h()), parts[1]
     return call(op, h), None
 
 
@@ -125,10 +124,9 @@ def lean_node(edges, states, weights, backend=None, out: CellOutput | None = Non
     found = terms(edges, weights.shape[-1])
     if not found:
         return _zeros(edges, states, weights)
-    xs, bns, updates = [], [], StatsUpdates()
-    inner = None if torch.compiler.is_compiling() else updates  # a traced autograd Function cannot append to a list
+    xs, bns = [], []
     for j, _, op in found:
-        x, bn = lean_term(op, states[j], relu_of(j), backend, call, inner)
+        x, bn = lean_term(op, states[j], relu_of(j), backend, call)
         xs.append(x)
         bns.append(bn)
     xs, bns, training, eps = _one_kind_of_bn(xs, bns)
@@ -145,6 +143,5 @@ def lean_node(edges, states, weights, backend=None, out: CellOutput | None = Non
                                    out=None if out is None else out.slot(xs[0]))
     if training:
         updated = [k for k, bn in enumerate(bns) if bn is not None and bn.training and bn.track_running_stats]
-        updates.add([bns[k] for k in updated], mean[updated], var[updated], xs[0].numel() // xs[0].shape[1])
-    updates.apply()
+        update_running_stats([bns[k] for k in updated], mean[updated], var[updated], xs[0].numel() // xs[0].shape[1])
     return y

@@ -12,7 +12,7 @@ from torch.autograd.function import once_differentiable
 
 from .. import fused
 from . import recognize
-from .batchnorm import StatsUpdates, batch_stats, frozen_running_stats
+from .batchnorm import batch_stats, frozen_running_stats
 from .cell_output import CellOutput
 from .lean import own_forward, common_dtype, lean_node, lean_term, shared_relu, terms
 from .routes import normalized
@@ -53,12 +53,12 @@ class RecomputeNode(torch.autograd.Function):
         # the terms draw in this order in forward and again in backward, from the same states
         rng = _rng_states(states[0].device) if any(recognize.structure(op) is None for _, op, _ in node_terms) \
             else None
-        y, stats, updates = None, {}, StatsUpdates()
+        y, stats = None, {}
         for t, (s, op, _) in enumerate(node_terms):
-            x, bn = lean_term(op, states[s], relu_of(s), backend, call, updates)
+            x, bn = lean_term(op, states[s], relu_of(s), backend, call)
             o = x
             if bn is not None:  # transient: one term at a time; its running statistics are updated once, here
-                mean, var, training = batch_stats(bn, x, backend, updates)
+                mean, var, training = batch_stats(bn, x, backend)
                 o = normalized(x, mean, var, bn.eps)
                 if training:
                     stats[t] = (mean, var)  # backward recomputes x exactly: its batch statistics are these
@@ -67,7 +67,6 @@ class RecomputeNode(torch.autograd.Function):
                 y = torch.mul(o, w[t], out=out.slot(o) if out is not None else torch.empty_like(o))
             else:
                 y.addcmul_(o, w[t])
-        updates.apply()
         ctx.node_terms, ctx.rng, ctx.stats, ctx.backend, ctx.call = node_terms, rng, stats, backend, call
         ctx.autocast = _autocast_state(states[0].device)
         ctx.save_for_backward(w, *states)

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from .. import fused
-from .batchnorm import batch_stats
+from .batchnorm import normalize
 
 
 def pair(v) -> list:
@@ -41,17 +41,19 @@ class ConvChain(torch.autograd.Function):
     BatchNorm(affine=False)), or conv(x). It keeps each conv's input, not the activations (recomputed in backward);
     with batch statistics the gradient flows through them as BatchNorm's does. `act` may hand in the first step's
     activation already computed (ReLU(x), shared by several ops); it is not kept either. params: every conv's
-    weight and bias (when it has one), in order, so that autograd hands them their gradients. The BNs' running
-    statistics are updated once, here or with `updates` (batch_stats)."""
+    weight and bias (when it has one), in order, so that autograd hands them their gradients. The BNs run as their
+    own forward would (batchnorm.normalize: their running statistics updated once, here)."""
 
     @staticmethod
-    def forward(ctx, x, act, steps, backend, updates, *params):
+    def forward(ctx, x, act, steps, backend, *params):
         z = x.to(steps[0][0].weight.dtype)  # under autocast a bfloat16 input (the stem's output): kept as used
         inputs, stats = [], []
         for i, (conv, bn, relu) in enumerate(steps):
-            found = batch_stats(bn, z, backend, updates) + (bn.eps,) if bn is not None else None
-            if found is not None:
-                a = activation(z, found[0], found[1], found[3])
+            found = None
+            if bn is not None:
+                normalized_z, *found = normalize(bn, z)
+                found.append(bn.eps)
+                a = torch.relu(normalized_z)
             else:
                 a = (act if i == 0 and act is not None else F.relu(z)) if relu else z
             inputs.append(z)
@@ -66,7 +68,7 @@ class ConvChain(torch.autograd.Function):
     def backward(ctx, grad):
         saved = ctx.saved_tensors
         inputs, moments = saved[:len(ctx.steps)], saved[len(ctx.steps):]
-        needs = iter(ctx.needs_input_grad[5:])  # per step: its weight, and its bias when it has one
+        needs = iter(ctx.needs_input_grad[4:])  # per step: its weight, and its bias when it has one
         wanted = [(next(needs), conv.bias is not None and next(needs)) for conv, _, _ in ctx.steps]
         normalized_steps = [i for i, found in enumerate(ctx.stats) if found is not None]
         grads = [None] * len(ctx.steps)
@@ -88,14 +90,13 @@ class ConvChain(torch.autograd.Function):
                     grad = fused.batch_norm_relu_backward(grad_a, z, mean, var, found[0], found[1], ctx.backend)
                 else:
                     grad = torch.ops.aten.threshold_backward(grad_a, a, 0) if relu else grad_a
-        return (grad if ctx.needs_input_grad[0] else None, None, None, None, None,
-                *(g for step in grads for g in step))
+        return (grad if ctx.needs_input_grad[0] else None, None, None, None, *(g for step in grads for g in step))
 
 
-def conv_chain(steps, x, backend, act=None, updates=None):
-    """ConvChain's result for `steps` on x; updates: a StatsUpdates its BNs' running statistics join (None: now)."""
+def conv_chain(steps, x, backend, act=None):
+    """ConvChain's result for `steps` on x."""
     params = [p for conv, _, _ in steps for p in (conv.weight, conv.bias) if p is not None]
-    return ConvChain.apply(x, act, steps, backend, updates, *params)
+    return ConvChain.apply(x, act, steps, backend, *params)
 
 
 def bias_grad(grad, needed: bool):
