@@ -134,8 +134,9 @@ def _fused_class(base: type, peer: peers.Peer) -> type:
         namespace = {"__module__": base.__module__, "__qualname__": base.__qualname__, "__doc__": base.__doc__,
                      "_stacnas_base": base, "__reduce_ex__": _reduce_as_base, "__deepcopy__": _deepcopy}
         for method in peer.methods:
-            namespace[method] = _fused_method(method, getattr(base, method))
-        _CLASSES[base, peer.key] = type(base.__name__, (base,), namespace)
+            if callable(getattr(base, method, None)):  # a version of the codebase may lack one (forward_joint)
+                namespace[method] = _fused_method(method, getattr(base, method))
+        _CLASSES[base, peer.key] = type(base)(base.__name__, (base,), namespace)  # base's metaclass (NASLib: ABCMeta)
     return _CLASSES[base, peer.key]
 
 

@@ -35,8 +35,9 @@ class Fusion:
         return mixed_edge(self.mode, list(candidates)[:n], x, weights[:n], self.kernels, call)
 
     def cell(self, outputs: int, device):
-        """What a fused cell delegates (stacnas.nn.modes.cell_forward), its output made of `outputs` nodes."""
-        return cell_forward(self.mode, outputs, self.kernels, device)
+        """What a fused cell delegates (stacnas.nn.modes.cell_forward), its output made of `outputs` nodes and
+        concatenated: the user's code may change it in place."""
+        return cell_forward(self.mode, outputs, self.kernels, device, in_place=False)
 
 
 def _images(x) -> bool:

@@ -42,7 +42,7 @@ class SearchCell(nn.Module):
         (stacnas.nn.modes.cell_forward); DARTS' plain computation when None."""
         first = [node * (node + 3) // 2 for node in range(self.nodes)]  # node i's first edge: 2 + 3 + ... before it
         return darts_cell(run or ReferenceCell(), self.preprocess0, self.preprocess1, s0, s1, self.nodes, self.nodes,
-                          lambda i, n: [edge._ops for edge in self._ops[first[i]:first[i] + n]],
+                          lambda i, n: self._ops[first[i]:first[i] + n],
                           lambda i, n: weights[first[i]:first[i] + n])
 
 

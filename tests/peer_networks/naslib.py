@@ -2,6 +2,8 @@
 take the edge's data as a second argument (registered as 'primitive-<i>'), DARTSMixedOp reading α from the edge
 data and mixing in apply_weights. NASLib's graph is replaced here by a DARTS-like cell that calls each edge with its
 edge data, as NASLib's graph does."""
+from abc import ABCMeta, abstractmethod
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -9,7 +11,8 @@ import torch.nn.functional as F
 from . import darts_ops
 
 
-class AbstractPrimitive(nn.Module):
+class AbstractPrimitive(nn.Module, metaclass=ABCMeta):
+    @abstractmethod
     def forward(self, x, edge_data):
         raise NotImplementedError
 
