@@ -227,3 +227,22 @@ def test_a_corrupt_image_is_named(tmp_path):
     assert code == 2 and len(lines) == 1 and "Traceback" not in stderr, stderr
     assert str(root / "train" / "b" / "2.png") in lines[0] and "not a readable image" in lines[0]
     shutil.rmtree(tmp_path / "out")
+
+
+def test_a_checkpoint_is_never_missing_while_it_is_replaced(tmp_path, monkeypatch):
+    """The moment between keeping the previous checkpoint and writing the new one (where a SIGKILL once left only
+    checkpoint.prev.pt, which --resume refused): both names hold an intact checkpoint there, each a file of its own."""
+    from stacnas import files
+    from stacnas.runtime import checkpoint
+
+    path = tmp_path / "checkpoint.pt"
+    checkpoint.save({"step": 1}, path, "hash")
+
+    def killed(obj, target):
+        raise KeyboardInterrupt("killed")
+    monkeypatch.setattr(files, "save_torch", killed)
+    with pytest.raises(KeyboardInterrupt):
+        checkpoint.save({"step": 2}, path, "hash")
+    assert path.is_file() and checkpoint.previous(path).is_file()
+    assert os.stat(path).st_ino != os.stat(checkpoint.previous(path)).st_ino
+    assert checkpoint.restore(path, "cpu", "hash")["step"] == 1

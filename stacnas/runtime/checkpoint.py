@@ -9,7 +9,6 @@ written atomically (stacnas.files) and the one before it is kept, so a torn or d
 from __future__ import annotations
 
 import hashlib
-import os
 import random
 from pathlib import Path
 
@@ -82,12 +81,14 @@ def previous(path: Path) -> Path:
 
 
 def save(state: dict, path: Path, config_hash: str) -> None:
-    """Write a checkpoint; the one it replaces is kept as <name>.prev.pt."""
+    """Write a checkpoint; the one it replaces is kept as <name>.prev.pt. `path` never goes missing: the current one
+    is first copied to the previous one's name (a file of its own, so damage to one leaves the other), then replaced,
+    each atomically, so a kill at any moment leaves an intact checkpoint under each name that exists."""
     path = Path(path)
     state = {**state, "format": FORMAT, "config_hash": config_hash, "threads": torch.get_num_threads()}
     state["sha256"] = digest(state)
     if path.is_file():
-        os.replace(path, previous(path))
+        files.write_bytes(previous(path), path.read_bytes())
     files.save_torch(state, path)
 
 
@@ -124,6 +125,7 @@ def restore(path: Path, map_location, config_hash: str) -> dict | None:
 
 
 def remove(path: Path) -> None:
-    """Remove a checkpoint and the one before it (a finished run needs neither)."""
-    for p in (Path(path), previous(Path(path))):
+    """Remove a checkpoint and the one before it (a finished run needs neither): the previous one first, so that a
+    kill in between leaves the newest."""
+    for p in (previous(Path(path)), Path(path)):
         p.unlink(missing_ok=True)

@@ -60,16 +60,17 @@ def save_run_info(out: Path, config) -> None:
     files.write_text(out / "environment.json", json.dumps(environment(), indent=2) + "\n")
 
 
-def open_run_dir(out: str, config, force: bool, resume: bool, free: set[str], needs: tuple[str, ...]) -> Path:
+def open_run_dir(out: str, config, force: bool, resume: bool, free: set[str], needs: tuple) -> Path:
     """Start a run in a new folder (config and environment saved), or check that `resume` may continue the one
-    there: the files in `needs` exist and every option outside `free` (options that do not change the numbers)
-    equals the saved config.json."""
+    there: the files in `needs` exist (a tuple of names: one of them) and every option outside `free` (options that
+    do not change the numbers) equals the saved config.json."""
     path = Path(out)
     if not resume:
         path = prepare_out_dir(out, force)
         save_run_info(path, config)
         return path
-    missing = [name for name in ("config.json", *needs) if not (path / name).is_file()]
+    missing = [name if isinstance(name, str) else " or ".join(name) for name in ("config.json", *needs)
+               if not any((path / n).is_file() for n in ((name,) if isinstance(name, str) else name))]
     if missing:
         raise UsageError(f"--resume: {out} holds no interrupted run to resume (no {', '.join(missing)}); "
                          "start it without --resume")

@@ -185,7 +185,7 @@ def run_train(cfg: TrainConfig, out_dir: str, force: bool = False, resume: bool 
                               world=ctx.world)
         arch = architecture(cfg, genotype, loaders.info)  # every check done: the run folder may be written now
         if ctx.is_main:
-            open_run_dir(out_dir, cfg, force, resume, RESUME_FREE, needs=("checkpoint.pt",))
+            open_run_dir(out_dir, cfg, force, resume, RESUME_FREE, needs=(("checkpoint.pt", "checkpoint.prev.pt"),))
             genotypes.save(genotype, out / "genotype.json")
         distributed.barrier(ctx)
         trainer = Trainer(cfg, out, device, ctx, loaders, arch)
