@@ -2,7 +2,7 @@
 stacnas.nn.use_fused_mixed_ops in lean and in recompute mode, side by side in one run.
 
     python benchmarks/dropin.py [--batch-size 8] [--repeats 5] [--device cpu] [--codebases darts pcdarts ...]
-                                [--out benchmarks/results/dropin-cpu-2core.json]
+                                [--tiny] [--out benchmarks/results/dropin-cpu-2core.json]
 
 Per codebase: the bytes autograd keeps for backward per sample (saved_tensors_hooks, each storage once; measured
 after a first step, so the first-use check is not counted), the median step time (forward + backward) and their
@@ -44,6 +44,15 @@ CODEBASES = {
     "naslib": (naslib, {"C": 16, "layers": 8}),
     "nni": (nni, {"C": 16, "layers": 8}),
 }
+# --tiny: the same networks at about the smallest size they build at (a smoke test: gpu_check.sh --dry-run)
+TINY = {"C": 8, "layers": 3, "N": 1}
+
+
+def _arguments(name: str, tiny: bool) -> dict:
+    kwargs = CODEBASES[name][1]
+    return {k: TINY.get(k, v) for k, v in kwargs.items()} if tiny else kwargs
+
+
 MODELS = ("original", "lean", "recompute")
 
 
@@ -58,10 +67,10 @@ def _step(model, x, y):
         torch.cuda.synchronize(x.device)
 
 
-def measure(name: str, batch: int, repeats: int, device) -> dict:
-    module, kwargs = CODEBASES[name]
+def measure(name: str, batch: int, repeats: int, device, tiny: bool = False) -> dict:
+    kwargs = _arguments(name, tiny)
     torch.manual_seed(0)
-    original = module.build(**kwargs).to(device)
+    original = CODEBASES[name][0].build(**kwargs).to(device)
     models = {"original": original}
     for mode in MODELS[1:]:
         models[mode] = copy.deepcopy(original)
@@ -109,16 +118,17 @@ def main(argv=None) -> dict:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     parser.add_argument("--codebases", nargs="+", choices=list(CODEBASES), default=list(CODEBASES))
+    parser.add_argument("--tiny", action="store_true", help="the networks at about their smallest (a smoke test)")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     report = {"config": {"batch_size": args.batch_size, "repeats": args.repeats, "threads": torch.get_num_threads(),
-                         "device": str(device)},
+                         "device": str(device), "tiny": args.tiny},
               "machine": machine(device), "codebases": {}}
     for name in args.codebases:
-        report["codebases"][name] = measure(name, args.batch_size, args.repeats, device)
+        report["codebases"][name] = measure(name, args.batch_size, args.repeats, device, args.tiny)
         print(f"{name}: done", flush=True)
     print(render(report))
     if args.out:

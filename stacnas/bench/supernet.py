@@ -81,6 +81,8 @@ class BenchConfig:
     modes: tuple = option(MEMORY_MODES, "memory modes to compare", "measurement", nargs="+",
                           choices=list(MEMORY_MODES))
     kernels: str = option("auto", "backend of the fused ops", "measurement", choices=list(KERNEL_CHOICES))
+    peak_rss: bool = option(True, "measure each mode's peak resident memory, each in a fresh process (seconds per "
+                                  "mode)", "measurement")
     budget_gib: float = option(16.0, "on CUDA, report the largest batch whose peak memory fits this budget",
                                "measurement", above=0.0)
     seed: int = option(0, "seed of the weights, α and the batch", "measurement", at_least=0, at_most=SEED_MAX)
@@ -173,7 +175,8 @@ def run(cfg: BenchConfig) -> dict:
             if i >= cfg.warmup:
                 times[mode].append(time.perf_counter() - start)
     for mode, model in models.items():
-        results[mode]["peak_rss_mib"] = peak_rss(cfg, mode) / 2**20
+        if cfg.peak_rss:
+            results[mode]["peak_rss_mib"] = peak_rss(cfg, mode) / 2**20
         results[mode]["step_seconds_median"] = statistics.median(times[mode])
         results[mode]["step_seconds_all"] = times[mode]
         if device.type == "cuda":
@@ -219,7 +222,8 @@ def render(report: dict) -> str:
              head]
     for mode, r in report["results"].items():
         line = (f"{mode:<10} {r['saved_bytes_per_sample'] / 2**20:>16.1f} {r.get('saved_bytes_ratio', 1):>6.3f} "
-                f"{r['step_seconds_median']:>8.3f} {r.get('step_time_ratio', 1):>6.2f} {r['peak_rss_mib']:>12.0f}")
+                f"{r['step_seconds_median']:>8.3f} {r.get('step_time_ratio', 1):>6.2f} "
+                + (f"{r['peak_rss_mib']:>12.0f}" if "peak_rss_mib" in r else f"{'-':>12}"))
         if cuda:
             line += f" {r['peak_cuda_mib']:>13.0f} {r['max_batch_in_budget']:>9d}"
         lines.append(line)
