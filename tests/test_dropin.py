@@ -19,6 +19,8 @@ from stacnas.nn import Supernet
 from stacnas.ops import PRIMITIVES
 from stacnas.spaces import BUILTIN_SPACES
 
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])  # benchmarks/gpu_check.sh runs the CUDA ones
+
 # name: (network module, build arguments, {structure: modules fused})
 PEERS = {
     "darts": (darts, {}, {"DARTS search cell (quark0/darts, RobustDARTS)": 5,
@@ -41,9 +43,15 @@ PEERS = {
 }
 
 
-def _network(name, seed=0):
+SMALL = {"layers": 3, "N": 1}  # three cells: a normal one and both reduction cells (NAS-Bench-201: three search cells)
+
+
+def _network(name, seed=0, small=False):
     module, kwargs, _ = PEERS[name]
     torch.manual_seed(seed)
+    if small:
+        depth = "N" if module in (autodl_nb201, autodl_darts) else "layers"
+        kwargs = {**kwargs, depth: SMALL[depth]}
     net = module.build(**kwargs)
     with torch.no_grad():  # α away from uniform, so that every candidate's weight matters
         for alpha in module.alphas(net) + [p for n, p in net.named_parameters() if "alpha" in n or "arch" in n]:
@@ -85,17 +93,18 @@ def _labels(net, name):
             + [n for n, _ in net.named_buffers()])
 
 
-@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+# eval mode (running statistics) on the peers whose BNs or candidates differ from DARTS' own
+EVAL = {"darts", "pcdarts", "nas-bench-201", "autodl-darts", "pdarts-stage3"}
+
+
 @pytest.mark.parametrize("mode", ["lean", "recompute"])
-@pytest.mark.parametrize("name", sorted(PEERS))
-def test_fused_network_equals_the_original_in_float64(name, mode, training):
-    original = peer_networks.double(_network(name))
+@pytest.mark.parametrize("name, training", [(name, training) for name in sorted(PEERS) for training in (True, False)
+                                            if training or name in EVAL])
+def test_fused_network_equals_the_original_in_float64(name, training, mode):
+    original = peer_networks.double(_network(name, small=True))
     fused = copy.deepcopy(original)
     report = stacnas.nn.use_fused_mixed_ops(fused, mode, check=mode == "lean")  # the check: tested in lean only
-    if PEERS[name][2] is not None:
-        counts = {s: list(report.fused.values()).count(s) for s in set(report.fused.values())}
-        assert counts == PEERS[name][2]
-    assert not report.left
+    assert report.fused and not report.left
     x, y = torch.randn(4, 3, 16, 16, dtype=torch.float64), torch.randint(0, 10, (4,))
     if not training:  # running statistics away from 0 and 1 first
         for net in (original, fused):
@@ -112,7 +121,10 @@ def test_nothing_of_the_model_changes_but_the_arithmetic(name):
     fused = copy.deepcopy(original)
     before = {n: type(m) for n, m in fused.named_modules()}
     saved = copy.deepcopy(original.state_dict())
-    stacnas.nn.use_fused_mixed_ops(fused)
+    report = stacnas.nn.use_fused_mixed_ops(fused)
+    if PEERS[name][2] is not None:  # every edge and cell of the codebase's structure, nothing else
+        assert {s: list(report.fused.values()).count(s) for s in set(report.fused.values())} == PEERS[name][2]
+    assert not report.left
     assert [n for n, _ in fused.named_parameters()] == [n for n, _ in original.named_parameters()]
     assert list(fused.state_dict()) == list(original.state_dict())
     for n, m in fused.named_modules():  # the same objects, each an instance of its own class, under its name
@@ -261,13 +273,14 @@ class NoisyMixedOp(nn.Module):
 NoisyMixedOp.__name__ = NoisyMixedOp.__qualname__ = "MixedOp"
 
 
-def test_recompute_replays_every_candidates_random_numbers():
+@pytest.mark.parametrize("device", DEVICES)
+def test_recompute_replays_every_candidates_random_numbers(device):
     torch.manual_seed(0)
-    edge = NoisyMixedOp(4).double()
+    edge = NoisyMixedOp(4).double().to(device)
     fused = copy.deepcopy(edge)
     stacnas.nn.use_fused_mixed_ops(fused, "recompute")
-    x = torch.randn(2, 4, 6, 6, dtype=torch.float64, requires_grad=True)
-    w = torch.softmax(torch.randn(3, dtype=torch.float64), 0).requires_grad_()
+    x = torch.randn(2, 4, 6, 6, dtype=torch.float64, device=device, requires_grad=True)
+    w = torch.softmax(torch.randn(3, dtype=torch.float64, device=device), 0).requires_grad_()
     results = []
     for model in (fused, edge):
         torch.manual_seed(3)
@@ -276,6 +289,21 @@ def test_recompute_replays_every_candidates_random_numbers():
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the first-use check passed too
         _assert_equal(results[0], results[1], [f"tensor {i}" for i in range(len(results[1]))], 1e-12)
+
+
+@pytest.mark.parametrize("mode", ["lean", "recompute"])
+@pytest.mark.parametrize("name", ["pdarts-stage3", "pcdarts", "nas-bench-201"])
+@pytest.mark.parametrize("device", DEVICES)
+def test_fused_network_on_each_device(device, name, mode):
+    """In float64 on the device (the CUDA kernels and RNG where a GPU is), one training step."""
+    original = peer_networks.to(_network(name, small=True), device=device, dtype=torch.float64)
+    fused = copy.deepcopy(original)
+    stacnas.nn.use_fused_mixed_ops(fused, mode)
+    x = torch.randn(4, 3, 16, 16, dtype=torch.float64, device=device)
+    y = torch.randint(0, 10, (4,), device=device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _assert_equal(_step(fused, name, x, y, 1), _step(original, name, x, y, 1), _labels(original, name), 1e-12)
 
 
 # ---- stacnas' own modules ------------------------------------------------------------------------------------------

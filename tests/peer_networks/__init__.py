@@ -17,14 +17,17 @@ Every network's `arch_parameters()` are its α (and β), each `build(seed)` its 
 import torch
 
 
-def double(net):
-    """net in float64, with the α it keeps as plain tensors outside its parameters (DARTS, PC-DARTS, RobustDARTS)
-    converted too."""
-    net = net.double()
+def to(net, *args, **kwargs):
+    """net.to(...), the α it keeps as plain tensors outside its parameters (DARTS, PC-DARTS, RobustDARTS) moved too."""
+    net = net.to(*args, **kwargs)
     for name, value in list(vars(net).items()):
         if isinstance(value, torch.Tensor) and not isinstance(value, torch.nn.Parameter):
-            setattr(net, name, value.detach().double().requires_grad_(value.requires_grad))
+            setattr(net, name, value.detach().to(*args, **kwargs).requires_grad_(value.requires_grad))
     return net
+
+
+def double(net):
+    return to(net, torch.float64)
 
 
 def logits(out):
