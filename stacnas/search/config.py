@@ -47,7 +47,7 @@ class SearchConfig:
     cluster_images: int = option(10000, "training images whose op outputs are recorded (automatic clustering)",
                                  "clustering", at_least=1)
     cluster_threshold: float = option(0.25, "cut the dendrogram at this distance 1 - |corr| (0.25: chosen from "
-                                            "benchmarks/clustering_similarity.py, see the README)", "clustering",
+                                            "benchmarks/clustering_similarity.py, see docs/spaces.md)", "clustering",
                                       at_least=0.0, at_most=1.0)
     cluster_count: int = option(0, "cut into this many clusters instead of at the threshold (0: use the threshold)",
                                 "clustering", at_least=0)
