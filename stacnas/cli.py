@@ -1,5 +1,6 @@
 """The `stacnas` command line. stacnas' own errors end in one line on stderr and their exit code (2: bad input,
-3: a diverged run, 130/143: interrupted and checkpointed); anything else is a bug and ends in a traceback (exit 1)."""
+3: a diverged run, 4: a file could not be written, 5: out of memory, 130/143: interrupted and checkpointed);
+anything else is a bug and ends in a traceback (exit 1)."""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +8,7 @@ import json
 import sys
 
 from . import genotypes
-from .errors import StacnasError, UsageError
+from .errors import StacnasError, UsageError, as_out_of_memory
 
 
 class _Parser(argparse.ArgumentParser):
@@ -148,7 +149,7 @@ def _cmd_bench_supernet(args) -> int:
     from .runtime.config import resolve
 
     overrides = {name: getattr(args, name) for name in args.config_fields}
-    bench_main(resolve(BenchConfig, "bench", None, None, overrides), args.out)
+    bench_main(resolve(BenchConfig, "bench", None, None, overrides), args.out, args.force)
     return 0
 
 
@@ -300,6 +301,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      "saved for backward per sample, median step time, peak memory, and ratios to "
                                      "reference.")
     q.add_argument("--out", default=None, help="write the JSON report to this file")
+    q.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     q.set_defaults(func=_cmd_bench_supernet, config_fields=add_arguments(q, BenchConfig))
     q = bench.add_parser("search", help="does each method find good cells, and the same ones from seed to seed?",
                          description="For each method (stacnas, darts, darts-first, random) and seed: search, then "
@@ -334,7 +336,10 @@ def main(argv=None) -> int:
     try:
         args = parser.parse_args(argv)
         return args.func(args)
-    except StacnasError as err:
+    except (StacnasError, RuntimeError) as caught:
+        err = caught if isinstance(caught, StacnasError) else as_out_of_memory(caught)
+        if err is None:
+            raise
         prog = f"stacnas {args.command}" if args is not None else "stacnas"
         print(f"{prog}: error: {_one_line(err)}", file=sys.stderr)
         return err.exit_code

@@ -8,7 +8,7 @@ import torch
 import torch.multiprocessing as mp
 
 TINY = dict(epochs=1, darts_epochs=1, limit=96, channels=4, stage1_layers=3, stage2_layers=4, darts_layers=3,
-            batch_size=16, w_lr=0.05, a_lr=3e-2, device="cpu", seed=3)
+            batch_size=16, w_lr=0.05, a_lr=3e-2, device="cpu", seed=3, report=False)
 
 
 def _free_port() -> int:

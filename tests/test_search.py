@@ -10,7 +10,7 @@ from stacnas.search.stages import chosen_clusters, random_genotype, resolve_clus
 from stacnas.spaces import BUILTIN_SPACES, PAPER_CLUSTERS, Clusters, SearchSpace
 
 TINY = dict(epochs=1, limit=64, channels=4, stage1_layers=3, stage2_layers=4, darts_layers=3, batch_size=32,
-            w_lr=0.05, a_lr=3e-3)
+            w_lr=0.05, a_lr=3e-3, report=False)
 
 
 def test_stage1_holds_none_and_representatives():

@@ -12,7 +12,8 @@ from stacnas.genotypes import DARTS_V2, Genotype
 from stacnas.train import TrainConfig, count_macs, count_parameters_m, drop_path_at, run_eval, run_train, trainer
 from stacnas.train.network import NetworkCIFAR, NetworkImageNet
 
-TINY = dict(layers=3, channels=4, epochs=2, batch_size=32, limit=96, cutout=0, lr=0.05, device="cpu", seed=2)
+TINY = dict(layers=3, channels=4, epochs=2, batch_size=32, limit=96, cutout=0, lr=0.05, device="cpu", seed=2,
+            report=False)
 
 
 def test_parameters_match_darts_published_numbers():
@@ -236,11 +237,20 @@ def test_stacnas_published_cells_train_by_name(name, tmp_path):
 def test_resume_of_a_run_stopped_while_writing_its_report(tmp_path, capsys):
     """Killed after result.json (checkpoint removed) but before its report: --resume trains nothing, writes the
     report and returns the result."""
-    out = tmp_path / "run"
-    result = run_train(TrainConfig(**TINY), str(out))
+    out, cfg = tmp_path / "run", {**TINY, "report": True}
+    result = run_train(TrainConfig(**cfg), str(out))
     (out / "report.html").unlink()
     model = (out / "model.pt").read_bytes()
-    again = run_train(TrainConfig(**TINY), str(out), resume=True)
+    again = run_train(TrainConfig(**cfg), str(out), resume=True)
     assert again == json.loads((out / "result.json").read_text()) and again["test_top1"] == result["test_top1"]
     assert "finished training" in capsys.readouterr().out
     assert (out / "report.html").is_file() and (out / "model.pt").read_bytes() == model
+
+
+def test_a_finished_run_without_a_report_has_nothing_to_resume(tmp_path):
+    out = tmp_path / "run"
+    run_train(TrainConfig(**TINY), str(out))  # --no-report
+    assert not (out / "report.html").exists()
+    with pytest.raises(UsageError, match="no interrupted run to resume"):
+        run_train(TrainConfig(**TINY), str(out), resume=True)
+    assert not (out / "report.html").exists()

@@ -91,7 +91,7 @@ def _check_out(cfg: QualityConfig, out: Path) -> None:
                              "options to continue it, or another --out")
     elif out.exists() and any(out.iterdir()):
         raise UsageError(f"{out} already holds files that are not a search-quality benchmark; give another --out")
-    out.mkdir(parents=True, exist_ok=True)
+    files.make_folder(out)
     files.write_text(saved_path, json.dumps(current, indent=2) + "\n")
 
 
@@ -128,7 +128,7 @@ def run_pair(cfg: QualityConfig, method: str, seed: int, folder: Path) -> None:
     """Search and train one (method, seed) in `folder`, each in a fresh process, continuing whatever an
     interruption left."""
     search, train = folder / "search", folder / "train"
-    folder.mkdir(parents=True, exist_ok=True)
+    files.make_folder(folder)
     if not (search / "summary.json").is_file():
         resume = (search / "config.json").is_file() and method != "random"
         _run_in_process("search", cfg.search_config(method, seed), search, resume)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import files, fused
+from ..errors import UsageError
 from ..names import AMP_MODES, KERNEL_CHOICES, MEMORY_MODES
 from ..nn import Supernet
 from ..runtime.config import SEED_MAX, check, option
@@ -233,11 +234,20 @@ def render(report: dict) -> str:
     return "\n".join(lines)
 
 
-def main(cfg: BenchConfig, out: str | None) -> dict:
+def check_out(out: str | None, force: bool) -> None:
+    """Before the benchmark runs: --out must be a file name, and an existing file is replaced only with force."""
+    if out and os.path.isdir(out):
+        raise UsageError(f"--out {out} is a folder; give the JSON file's name")
+    if out and os.path.exists(out) and not force:
+        raise UsageError(f"--out {out} already exists; choose another file or add --force to overwrite it")
+
+
+def main(cfg: BenchConfig, out: str | None, force: bool = False) -> dict:
+    check_out(out, force)
     report = run(replace(cfg, threads=cfg.threads or torch.get_num_threads()))
     print(render(report))
     if out:
-        os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
+        files.make_folder(os.path.dirname(out) or ".")
         files.write_text(out, json.dumps(report, indent=2))
         print(f"written to {out}")
     return report

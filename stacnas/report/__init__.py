@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .. import genotypes
 from ..errors import UsageError, warn
-from ..files import write_text
+from ..files import make_folder, write_text
 from .run_folder import RunFolder, load_run, load_runs
 
 PLOT_EXTRA = "pip install 'stacnas[plot]' (in a checkout: pip install -e '.[plot]')"
@@ -84,7 +84,7 @@ def write_comparison(paths: list[str | Path], out: str | Path, force: bool = Fal
     groups = [(str(p), load_runs(p)) for p in paths]
     plots = {run.path: plot_cells(run.genotype, run.path / "plots", ("png",))
              for _, runs in groups for run in runs if run.genotype is not None}
-    out.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(out.parent)
     write_text(out, page(f"stacnas: {len(groups)} runs side by side", comparison_body(groups, plots)))
     return out
 
@@ -113,4 +113,5 @@ def _figures_to_tensorboard(run: RunFolder) -> None:
     step = max((r["epoch"] for r in run.metrics), default=0)
     for png in sorted((run.path / "plots").glob("*.png")):
         writer.add_image(f"figures/{png.stem}", imread(png)[..., :3], step, dataformats="HWC")
-    writer.flush()
+    with tensorboard.writing(run.path / "tensorboard"):
+        writer.flush()

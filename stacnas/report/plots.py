@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import genotypes
-from ..files import write_bytes
+from ..files import make_folder, write_bytes
 from ..names import CELL_TYPES
 from .cell_graph import cell_graph, draw_cell
 from .figures import alpha_figure, clustering_figure, curves_figure, figure_bytes
@@ -30,7 +30,7 @@ def _save(fig, folder: Path, name: str, formats) -> dict:
 
 
 def plot_cells(genotype: genotypes.Genotype, folder: Path, formats) -> list[Plot]:
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     plots = []
     for cell_type in CELL_TYPES:
         graph, paths = cell_graph(genotype, cell_type), {}
@@ -45,7 +45,7 @@ def plot_run(run: RunFolder, formats=("png",), folder: Path | None = None) -> li
     """Cells (when the run has a genotype), α trajectories of every search stage, the clustering (when computed)
     and the curves; into <run>/plots unless `folder` is given."""
     folder = folder or run.path / "plots"
-    folder.mkdir(parents=True, exist_ok=True)
+    make_folder(folder)
     plots = plot_cells(run.genotype, folder, formats) if run.genotype is not None else []
     if run.clusters and run.clusters.get("correlation"):
         plots.append(Plot("clustering", "operator clustering",

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from .. import files
 from ..errors import DivergedError, Interrupted
 from . import checkpoint, distributed
 from .metrics import MetricsLog
@@ -146,7 +147,7 @@ class EpochLoop:
             return
         state = {name: obj.state_dict() for name, obj in self.stateful.items()}
         state.update(rng=checkpoint.rng_state(), epoch=epoch, step=step, totals=sums)
-        self.checkpoint_path.parent.mkdir(parents=True, exist_ok=True)
+        files.make_folder(self.checkpoint_path.parent)
         checkpoint.save(state, self.checkpoint_path, self.config_hash)
 
     def restore(self) -> tuple[int, int, list | None]:

@@ -2,6 +2,7 @@
 before a run in it is resumed, and telling which finished outputs belong to which configuration."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -9,7 +10,7 @@ import shutil
 from pathlib import Path
 
 from .. import files
-from ..errors import UsageError, warn
+from ..errors import UsageError, as_out_of_memory, warn
 from ..info import environment
 
 # What runs write into their folder: --force removes these (and only these) before a run starts over.
@@ -43,16 +44,42 @@ def prepare_out_dir(out: str, force: bool) -> Path:
     except OSError as err:
         raise UsageError(f"--out {out} cannot be made ({err.strerror or err})") from None
     if force:
-        old = [path / n for n in RUN_FILES if (path / n).exists()] + \
-              [path / n for n in RUN_FOLDERS if (path / n).is_dir()] + list(path.glob(".*.tmp"))
-        for p in old:
-            if p.is_dir():
-                shutil.rmtree(p)
-            else:
-                p.unlink()
-        if old:
-            warn(f"--force: removed {len(old)} file(s) and folder(s) of the previous run in {out}")
+        removed = _remove_run_files(path)
+        if removed:
+            warn(f"--force: removed {len(removed)} file(s) and folder(s) of the previous run in {out}")
     return path
+
+
+def _remove_run_files(path: Path) -> list[Path]:
+    """Remove what runs write into the folder `path` (and only that); the paths removed."""
+    old = [path / n for n in RUN_FILES if (path / n).exists()] + \
+          [path / n for n in RUN_FOLDERS if (path / n).is_dir()] + list(path.glob(".*.tmp"))
+    for p in old:
+        if p.is_dir():
+            shutil.rmtree(p)
+        else:
+            p.unlink()
+    return old
+
+
+@contextlib.contextmanager
+def clean_on_early_failure(out: Path, fresh: bool):
+    """A fresh run (not resumed) that stops because the command itself must change — bad input found only while it
+    runs (a corrupt image), or out of memory — before it saved anything to continue from (a checkpoint, a finished
+    stage) leaves its folder as it found it, so the corrected command runs without --force. Out-of-memory errors
+    leave as stacnas' one-line OutOfMemory."""
+    try:
+        yield
+    except (UsageError, RuntimeError) as err:
+        oom = None if isinstance(err, UsageError) else as_out_of_memory(err)
+        if oom is None and not isinstance(err, UsageError):
+            raise
+        saved = any(out.rglob("checkpoint*.pt")) or any(out.rglob(STAGE_MARK))
+        if fresh and not saved:
+            _remove_run_files(out)
+        if oom is not None:
+            raise oom from None
+        raise
 
 
 def save_run_info(out: Path, config) -> None:

@@ -2,9 +2,11 @@
 scalar when it is logged, a search's α per edge and op, and (stacnas.report) the run's figures at its end."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from ..errors import UsageError
+from ..files import storage_error
 from ..spaces import edge_endpoints, state_name
 
 INSTALL = "pip install tensorboard"
@@ -23,8 +25,19 @@ def writer(folder: Path):
     if folder not in _writers:
         from torch.utils.tensorboard import SummaryWriter
 
-        _writers[folder] = SummaryWriter(str(folder))
+        with writing(folder):
+            _writers[folder] = SummaryWriter(str(folder))
     return _writers[folder]
+
+
+@contextlib.contextmanager
+def writing(folder: Path):
+    """A full disk or an unwritable folder while TensorBoard writes (its writer raises on flush what its thread
+    met) as stacnas' StorageError."""
+    try:
+        yield
+    except OSError as err:
+        raise storage_error(err, f"writing TensorBoard events into {folder}", folder) from None
 
 
 def log_record(folder: Path, record: dict, edge_ops: dict | None) -> None:
@@ -39,4 +52,5 @@ def log_record(folder: Path, record: dict, edge_ops: dict | None) -> None:
         for (inp, node), row, ops in zip(edge_endpoints(len(rows)), rows, edge_ops[cell_type]):
             for op, weight in zip(ops, row):
                 w.add_scalar(f"alpha_{stage}_{cell_type}/{state_name(inp)}→{node}/{op}", weight, step)
-    w.flush()
+    with writing(folder):
+        w.flush()

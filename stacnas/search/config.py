@@ -9,7 +9,7 @@ from ..runtime import tensorboard
 from ..runtime.config import SEED_MAX, check, option
 
 # options a resumed search may change: they do not change the numbers (beyond float rounding for the kernels)
-RESUME_FREE = {"device", "workers", "kernels", "memory_mode", "checkpoint_every", "tensorboard"}
+RESUME_FREE = {"device", "workers", "kernels", "memory_mode", "checkpoint_every", "tensorboard", "report"}
 
 
 @dataclass
@@ -72,6 +72,8 @@ class SearchConfig:
                                    "run", at_least=0)
     tensorboard: bool = option(False, "also log the metrics (and at the end the figures) for TensorBoard in "
                                       "OUT/tensorboard; needs the tensorboard package", "run")
+    report: bool = option(True, "write report.html and the figures when the run ends (--no-report: leave that to "
+                                "'stacnas report OUT')", "run")
     device: str = option("auto", "cpu, cuda or auto", "run")
     memory_mode: str = option(DEFAULT_MEMORY_MODE, "supernet memory mode: lean (fused, about half the memory), "
                                                    "recompute (least memory, recomputes in backward) or reference "

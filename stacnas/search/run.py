@@ -142,21 +142,27 @@ def run_search(cfg: SearchConfig, out_dir: str, force: bool = False, resume: boo
     clusters, source = resolve_clusters(cfg, space) if cfg.method == "stacnas" else (None, "")
     run = _start(cfg, out_dir, force, resume, bilevel_split=cfg.resolved_order() != "one-level")
     try:
-        summary = {"method": cfg.method, "order": run.order, "space": space.name, "dataset": run.loaders.info.name,
-                   "ranks": run.ctx.world}
-        if cfg.method == "darts":
-            model = _stage(run, "darts", space, cfg.darts_layers, cfg.darts_epochs, run.order)
-        else:
-            model = _stacnas(run, space, clusters, source, summary)
-        genotype = model.genotype()
-        alphas = {t: model.edge_weights(t).detach().cpu() for t in CELL_TYPES}
-        summary.update(genotype=genotypes.to_dict(genotype), seconds=round(time.time() - run.started, 1),
-                       **peak_memory())
-        if run.ctx.is_main:
-            _write_result(run.out, genotype, summary)
-        return SearchResult(genotype, alphas, summary)
+        with run_dir.clean_on_early_failure(run.out, fresh=not resume and run.ctx.is_main):
+            return _search(run, space, clusters, source)
     finally:
         distributed.teardown(run.ctx)
+
+
+def _search(run: Run, space: SearchSpace, clusters, source: str) -> SearchResult:
+    cfg = run.cfg
+    summary = {"method": cfg.method, "order": run.order, "space": space.name, "dataset": run.loaders.info.name,
+               "ranks": run.ctx.world}
+    if cfg.method == "darts":
+        model = _stage(run, "darts", space, cfg.darts_layers, cfg.darts_epochs, run.order)
+    else:
+        model = _stacnas(run, space, clusters, source, summary)
+    genotype = model.genotype()
+    alphas = {t: model.edge_weights(t).detach().cpu() for t in CELL_TYPES}
+    summary.update(genotype=genotypes.to_dict(genotype), seconds=round(time.time() - run.started, 1),
+                   **peak_memory())
+    if run.ctx.is_main:
+        _write_result(run.out, genotype, summary, cfg.report)
+    return SearchResult(genotype, alphas, summary)
 
 
 def _random_search(cfg: SearchConfig, space: SearchSpace, out_dir: str, force: bool) -> SearchResult:
@@ -164,16 +170,17 @@ def _random_search(cfg: SearchConfig, space: SearchSpace, out_dir: str, force: b
     genotype = random_genotype(space, cfg.nodes, cfg.seed)
     summary = {"method": "random", "space": space.name, "seed": cfg.seed, "genotype": genotypes.to_dict(genotype),
                "seconds": 0.0, **peak_memory()}
-    _write_result(out, genotype, summary)
+    _write_result(out, genotype, summary, cfg.report)
     return SearchResult(genotype, {}, summary)
 
 
-def _write_result(out: Path, genotype, summary: dict) -> None:
+def _write_result(out: Path, genotype, summary: dict, with_report: bool) -> None:
     genotypes.save(genotype, out / "genotype.json")
     genotypes.save(genotype, out / "genotype.txt")
     files.write_text(out / "summary.json", json.dumps(summary, indent=2) + "\n")
     print(render_summary(summary, out))
-    report.after_run(out)
+    if with_report:
+        report.after_run(out)
 
 
 def render_summary(summary: dict, out: Path) -> str:
@@ -206,7 +213,7 @@ def run_clustering(cfg: SearchConfig, out_dir: str, force: bool = False) -> Clus
     run = _start(cfg, out_dir, force, resume=False, bilevel_split=False)
     try:
         clusters = auto_clusters(run, space)
-        if run.ctx.is_main:
+        if run.ctx.is_main and cfg.report:
             report.after_run(run.out)
         return clusters
     finally:

@@ -8,7 +8,7 @@ from ..runtime import tensorboard
 from ..runtime.config import SEED_MAX, check, option
 
 # options a resumed training may change: they do not change the numbers
-RESUME_FREE = {"device", "workers", "checkpoint_every", "tensorboard", "compile"}
+RESUME_FREE = {"device", "workers", "checkpoint_every", "tensorboard", "report", "compile"}
 
 
 @dataclass
@@ -55,6 +55,8 @@ class TrainConfig:
                                    "run", at_least=0)
     tensorboard: bool = option(False, "also log the metrics (and at the end the figures) for TensorBoard in "
                                       "OUT/tensorboard; needs the tensorboard package", "run")
+    report: bool = option(True, "write report.html and the figures when the run ends (--no-report: leave that to "
+                                "'stacnas report OUT')", "run")
     device: str = option("auto", "cpu, cuda or auto", "run")
 
     def validate(self):

@@ -24,7 +24,7 @@ from ..runtime import checkpoint, distributed
 from ..runtime.epochs import EpochLoop
 from ..runtime.metrics import MetricsLog, peak_memory
 from ..runtime.precision import autocast, check_amp, grad_scaler
-from ..runtime.run_dir import check_out_dir, config_hash, open_run_dir
+from ..runtime.run_dir import check_out_dir, clean_on_early_failure, config_hash, open_run_dir
 from .config import RESUME_FREE, TrainConfig
 from .network import build_network, count_macs, count_parameters_m
 
@@ -188,19 +188,25 @@ def run_train(cfg: TrainConfig, out_dir: str, force: bool = False, resume: bool 
             open_run_dir(out_dir, cfg, force, resume, RESUME_FREE, needs=(("checkpoint.pt", "checkpoint.prev.pt"),))
             genotypes.save(genotype, out / "genotype.json")
         distributed.barrier(ctx)
-        trainer = Trainer(cfg, out, device, ctx, loaders, arch)
-        started = time.time()
-        record = trainer.run(resume)
-        return _finish(trainer, record, time.time() - started)
+        with clean_on_early_failure(out, fresh=not resume and ctx.is_main):
+            trainer = Trainer(cfg, out, device, ctx, loaders, arch)
+            started = time.time()
+            record = trainer.run(resume)
+            return _finish(trainer, record, time.time() - started)
     finally:
         distributed.teardown(ctx)
 
 
 def _stopped_while_reporting(out: Path) -> bool:
-    """The run wrote its result and removed its checkpoint, but not its report: it was stopped while writing that.
-    (A finished run with its report has nothing to resume: open_run_dir says so.)"""
-    return ((out / "result.json").is_file() and not (out / "checkpoint.pt").is_file()
-            and not (out / "report.html").is_file())
+    """The run wrote its result and removed its checkpoint, but not the report it was to write: it was stopped while
+    writing that. (A finished run with its report, or without one by --no-report, has nothing to resume: open_run_dir
+    says so.)"""
+    if not (out / "result.json").is_file() or (out / "checkpoint.pt").is_file() or (out / "report.html").is_file():
+        return False
+    try:
+        return json.loads((out / "config.json").read_text()).get("report", True)
+    except (OSError, ValueError):
+        return True
 
 
 def _write_missing_report(out: Path) -> dict:
@@ -226,5 +232,6 @@ def _finish(trainer: Trainer, record: dict | None, seconds: float) -> dict:
         print(f"test top-1 {result['test_top1']:.2f}% (top-5 {result['test_top5']:.2f}%) after the last epoch · "
               f"{result['params_m']:.3f}M params · {result['macs_m']:.1f}M multiply-adds · weights in "
               f"{out / 'model.pt'}", flush=True)
-        report.after_run(out)
+        if cfg.report:
+            report.after_run(out)
     return result
