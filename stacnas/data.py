@@ -10,6 +10,7 @@ split is always the dataset's own test set (or, for digits, a fixed held-out 300
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import math
 import pickle
 import zlib
@@ -19,7 +20,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, Subset
-from torchvision.transforms import v2
 
 from .errors import UsageError
 
@@ -81,16 +81,35 @@ class TensorImages(Dataset):
         return self.transform(self.images[i]), int(self.labels[i])
 
 
-def tensor_transforms(mean, std, size, pad, flip, augment, cutout=0):
-    steps = []
-    if augment:
-        steps.append(v2.RandomCrop(size, padding=pad))
-        if flip:
-            steps.append(v2.RandomHorizontalFlip())
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
-    if augment and cutout > 0:
-        steps.append(Cutout(cutout))
-    return v2.Compose(steps)
+class TensorTransform:
+    """DARTS' augmentation of a uint8 (C, H, W) image held in memory: zero-pad by `pad` and crop back to its size at
+    a random offset, flip horizontally with probability 1/2 (when `flip`), scale to [0, 1], normalize, cut out
+    (`cutout` > 0). The same numbers, from the same random draws, as torchvision's v2.RandomCrop(size, padding=pad),
+    v2.RandomHorizontalFlip(), v2.ToDtype(float32, scale=True) and v2.Normalize (tests/test_data.py holds it to
+    them), without importing torchvision: that takes 1.7 s of every process's start (it imports torch._dynamo)."""
+
+    def __init__(self, mean, std, pad: int, flip: bool, augment: bool, cutout: int = 0):
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+        self.pad, self.flip, self.augment = pad, flip, augment
+        self.cutout = Cutout(cutout) if augment and cutout > 0 else None
+
+    def __call__(self, img: torch.Tensor) -> torch.Tensor:
+        if self.augment:
+            img = self._random_crop(img)
+            if self.flip and torch.rand(1) < 0.5:
+                img = img.flip(-1)
+        x = img.to(torch.float32).mul_(1.0 / 255).sub(self.mean).div_(self.std)
+        return x if self.cutout is None else self.cutout(x)
+
+    def _random_crop(self, img: torch.Tensor) -> torch.Tensor:
+        if self.pad == 0:
+            return img
+        h, w = img.shape[-2:]
+        padded = torch.nn.functional.pad(img, [self.pad] * 4)
+        top = int(torch.randint(0, 2 * self.pad + 1, size=()))  # v2.RandomCrop draws the row first, then the column
+        left = int(torch.randint(0, 2 * self.pad + 1, size=()))
+        return padded[..., top:top + h, left:left + w]
 
 
 # ---- readers of the on-disk formats --------------------------------------------------------------------------
@@ -138,18 +157,28 @@ def read_cifar_batch(path: Path, label_key: str):
 
 # ---- datasets ----------------------------------------------------------------------------------------------
 
-def _digits(augment, cutout):
-    from sklearn.datasets import load_digits
+def read_digits() -> tuple[np.ndarray, np.ndarray]:
+    """(images (1797, 8, 8) valued 0–16, labels): scikit-learn's bundled handwritten digits, read from the file
+    sklearn.datasets.load_digits reads (tests/test_data.py holds them equal), without importing scikit-learn (0.8 s)."""
+    spec = importlib.util.find_spec("sklearn")
+    path = Path(spec.origin).parent / "datasets" / "data" / "digits.csv.gz" if spec and spec.origin else None
+    if path is None or not path.is_file():
+        raise DataError("the digits dataset is scikit-learn's: install it (pip install scikit-learn)")
+    with gzip.open(path, "rt") as f:
+        data = np.loadtxt(f, delimiter=",")
+    return data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
 
-    digits = load_digits()
-    images = torch.from_numpy(np.rint(digits.images * (255 / 16)).astype(np.uint8)).unsqueeze(1)
-    labels = torch.from_numpy(digits.target.astype(np.int64))
+
+def _digits(augment, cutout):
+    pixels, targets = read_digits()
+    images = torch.from_numpy(np.rint(pixels * (255 / 16)).astype(np.uint8)).unsqueeze(1)
+    labels = torch.from_numpy(targets)
     order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0))  # a fixed test split
     test_idx, train_idx = order[:300], order[300:]
     mean = images[train_idx].float().mean().item() / 255
     std = images[train_idx].float().std().item() / 255
-    train_tf = tensor_transforms((mean,), (std,), 8, 1, False, augment, cutout)
-    test_tf = tensor_transforms((mean,), (std,), 8, 1, False, False)
+    train_tf = TensorTransform((mean,), (std,), 1, False, augment, cutout)
+    test_tf = TensorTransform((mean,), (std,), 1, False, False)
     return (TensorImages(images[train_idx], labels[train_idx], train_tf),
             TensorImages(images[test_idx], labels[test_idx], test_tf), DataInfo("digits", 10, 1, 8))
 
@@ -177,9 +206,9 @@ def _fashion_mnist(root, augment, cutout):
     to_labels = lambda a: torch.from_numpy(a.astype(np.int64))  # noqa: E731
     mean, std = (0.2860,), (0.3530,)
     return (TensorImages(to_images(arrays[0]), to_labels(arrays[1]),
-                         tensor_transforms(mean, std, 28, 2, True, augment, cutout)),
+                         TensorTransform(mean, std, 2, True, augment, cutout)),
             TensorImages(to_images(arrays[2]), to_labels(arrays[3]),
-                         tensor_transforms(mean, std, 28, 2, True, False)),
+                         TensorTransform(mean, std, 2, True, False)),
             DataInfo("fashion-mnist", 10, 1, 28))
 
 
@@ -202,8 +231,8 @@ def _cifar(name, root, augment, cutout, download):
                 torch.from_numpy(np.concatenate([p[1] for p in parts])))
 
     mean, std = spec["mean"], spec["std"]
-    return (TensorImages(*load(spec["train"]), tensor_transforms(mean, std, 32, 4, True, augment, cutout)),
-            TensorImages(*load(spec["test"]), tensor_transforms(mean, std, 32, 4, True, False)),
+    return (TensorImages(*load(spec["train"]), TensorTransform(mean, std, 4, True, augment, cutout)),
+            TensorImages(*load(spec["test"]), TensorTransform(mean, std, 4, True, False)),
             DataInfo(name, spec["classes"], 3, 32))
 
 
@@ -219,6 +248,7 @@ def _read_image(path: str):
 
 def _image_folder(name, root, augment, cutout, image_size):
     from torchvision.datasets import ImageFolder
+    from torchvision.transforms import v2
 
     if not root:
         raise DataError(f"{name}: pass --data-root DIR holding train/ and val/ (or test/) with one folder per class")

@@ -8,7 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from stacnas.data import DEBIAN_FASHION_MNIST, Cutout, DataError, get_loaders, read_idx, split_indices
+from stacnas.data import (DEBIAN_FASHION_MNIST, Cutout, DataError, TensorTransform, get_loaders, read_digits,
+                          read_idx, split_indices)
 
 
 def _write_cifar(root, name, n_train_per_batch=6, n_test=5):
@@ -38,8 +39,7 @@ def test_cifar_python_batches(tmp_path, name, n_train, classes):
     # the first test image, normalized, is the first row of the test file
     with open(folder / ("test_batch" if name == "cifar10" else "test"), "rb") as fh:
         raw = pickle.load(fh)["data"][0].reshape(3, 32, 32) / 255.0
-    mean = torch.tensor(loaders.test.dataset.transform.transforms[-1].mean).view(3, 1, 1)
-    std = torch.tensor(loaders.test.dataset.transform.transforms[-1].std).view(3, 1, 1)
+    mean, std = loaders.test.dataset.transform.mean, loaders.test.dataset.transform.std
     assert torch.allclose(x[0], (torch.from_numpy(raw).float() - mean) / std, atol=1e-5)
 
 
@@ -150,6 +150,36 @@ def test_split_indices_bounds():
     assert sorted(train + val) == list(range(10)) and len(val) == 5
     with pytest.raises(ValueError, match="val_fraction"):
         split_indices(10, 1.0, 0)
+
+
+@pytest.mark.parametrize("channels, size, pad, flip, cutout", [(1, 8, 1, False, 0), (1, 28, 2, True, 0),
+                                                           (3, 32, 4, True, 16), (3, 9, 3, True, 0)])
+def test_tensor_transform_is_torchvisions_pipeline(channels, size, pad, flip, cutout):
+    """The in-memory datasets' augmentation gives, from the same seed, the very numbers torchvision's v2 pipeline
+    gives (the results committed under benchmarks/ were made with it), every image and draw."""
+    from torchvision.transforms import v2
+
+    mean, std = tuple(0.3 + 0.1 * c for c in range(channels)), tuple(0.2 + 0.05 * c for c in range(channels))
+    scale = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(mean, std)]
+    augment = [v2.RandomCrop(size, padding=pad)] + ([v2.RandomHorizontalFlip()] if flip else []) + scale \
+        + ([Cutout(cutout)] if cutout else [])
+    images = torch.randint(0, 256, (40, channels, size, size), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(1))
+    for ours, theirs in ((TensorTransform(mean, std, pad, flip, True, cutout), v2.Compose(augment)),
+                         (TensorTransform(mean, std, pad, flip, False, cutout), v2.Compose(scale))):
+        found, expected = [], []
+        for transform, results in ((ours, found), (theirs, expected)):
+            torch.manual_seed(7)
+            results.extend([transform(img) for img in images] + [torch.rand(3)])  # and the draws after them
+        assert all(torch.equal(a, b) for a, b in zip(found, expected))
+
+
+def test_digits_are_scikit_learns():
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images, labels = read_digits()
+    assert np.array_equal(images, digits.images) and np.array_equal(labels, digits.target)
 
 
 def test_cutout_zeroes_a_clipped_square():

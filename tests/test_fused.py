@@ -270,6 +270,15 @@ def test_works_under_torch_compile(backend, device):
     torch.testing.assert_close(compiled(xs, w), 2 * fused.reference_mixed_sum(xs, w, normalize)[0])
 
 
+def test_backend_choice_is_marked_constant_as_torch_compiler_marks_it():
+    """registry.constant_under_compile sets the mark torch.compiler.assume_constant_result sets (without importing
+    torch._dynamo); were the mark another in some torch version, the compiled tests would fail to trace."""
+    def mark(decorate):
+        fn = decorate(lambda: None)
+        return {k: v for k, v in vars(fn).items()}
+    assert mark(registry.constant_under_compile) == mark(torch.compiler.assume_constant_result) != {}
+
+
 @pytest.mark.parametrize("backend, device", backends("batch_norm_stats", with_torch=False))
 @pytest.mark.parametrize("shape", [(4, 3, 5, 7), (2, 17, 9, 11)])
 def test_batch_norm_stats(backend, device, shape):

@@ -140,8 +140,15 @@ def default_backend() -> str:
     return backend
 
 
-# Under torch.compile, dynamo runs these two at trace time and keeps their results (it cannot trace imports).
-@torch.compiler.assume_constant_result
+def constant_under_compile(fn):
+    """torch.compiler.assume_constant_result(fn) without importing torch._dynamo, which that call does (1.3 s of every
+    process's start): the mark it sets (tests/test_fused.py checks that it still is the one). Under torch.compile,
+    dynamo then runs fn at trace time and keeps its result (it cannot trace the imports these functions make)."""
+    fn._dynamo_marked_constant = True
+    return fn
+
+
+@constant_under_compile
 def resolve_backend(backend: str | None, device: torch.device) -> str:
     """The concrete backend for tensors on `device`: `backend`, or for None and auto the one STACNAS_KERNELS names,
     else the first usable one of the device's auto order. A backend that cannot run there is an error saying why."""
@@ -180,7 +187,7 @@ def _trusted(op: str, backend: str, device: torch.device) -> bool:
     return backend == "torch" or verification(backend, device)[op]["ok"]
 
 
-@torch.compiler.assume_constant_result
+@constant_under_compile
 def provider(op: str, backend: str, device: torch.device) -> str:
     """The backend computing `op` when `backend` (concrete) is chosen for `device`: `backend` itself, or when it does
     not implement `op` or failed its self-check for it, the first backend of the device's auto order that does and
