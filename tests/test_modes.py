@@ -140,6 +140,29 @@ def test_lean_pools_equal_pytorch_pools(shape, stride):
     assert torch.autograd.gradcheck(lambda t: avg_pool3x3(t, stride), (x,))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("p", [0.1, 0.4, 0.7])
+def test_lean_dropout_is_pytorchs_bit_for_bit_keeping_a_bool_mask(p, dtype):
+    from stacnas.nn.routes import dropout
+
+    h = torch.randn(3, 5, 7, 9, dtype=dtype, requires_grad=True)
+    grad = torch.randn_like(h)
+    module = torch.nn.Dropout(p)
+    found = {}
+    for name, run in (("pytorch", module), ("lean", lambda t: dropout(module, t))):
+        kept = []
+        torch.manual_seed(3)
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
+            y = run(h)
+        found[name] = (y, *torch.autograd.grad(y, h, grad), torch.rand(3), kept)  # and the draws after it
+    for a, b in zip(found["pytorch"][:3], found["lean"][:3]):
+        assert torch.equal(a, b)
+    assert found["lean"][1].abs().sum() > 0 and (found["lean"][0] == 0).any()  # some dropped, some kept
+    assert [t.dtype for t in found["lean"][3]] == [torch.bool]
+    module.eval()
+    assert dropout(module, h) is h
+
+
 # (in channels, out channels, kernel, stride, padding, dilation, groups): every route of lean.conv_backward
 CONVS = {"depthwise": (4, 4, 3, 1, 1, 1, 4), "depthwise 5x5": (4, 4, 5, 1, 2, 1, 4),
          "dilated": (4, 4, 5, 1, 4, 2, 4), "dilated stride 2": (4, 4, 3, 2, 2, 2, 4),

@@ -5,7 +5,8 @@
   - `none` is skipped (its output is 0, so it adds nothing and its weight gets no gradient from the sum);
   - ReLU(h) is computed once per state and shared by every conv candidate of every edge leaving it; the convs keep
     h, not ReLU(h), and recompute the ReLU in backward (likewise BN+ReLU inside sep_conv keeps only the BN input);
-  - max-pool keeps no indices, and convs and pools take the faster routes of stacnas.nn.routes;
+  - max-pool keeps no indices, Dropout on a CPU keeps a bool mask, and convs and pools take the faster routes of
+    stacnas.nn.routes;
   - a cell's preprocess keeps the previous cell's output, not ReLU of it.
 The result equals the reference MixedOps' to rounding (the fused sum, BN statistics and the routes associate their
 sums differently; tests compare against float64).
@@ -24,7 +25,7 @@ from .. import fused
 from . import recognize
 from .batchnorm import update_running_stats
 from .cell_output import CellOutput
-from .routes import conv_chain, fast_pool
+from .routes import conv_chain, dropout, fast_pool
 
 
 def _factorized_reduce(convs, h, relu_h, backend):
@@ -48,6 +49,8 @@ def lean_term(op: nn.Module, h: torch.Tensor, relu_h, backend=None, call=own_for
     kind, parts = recognize.recognize(op)
     if kind == "identity":
         return h, None
+    if kind == "dropout":
+        return dropout(parts[0], h), None
     if kind == "factorized_reduce":
         convs, bn, pads = parts
         if (h.shape[2] % 2 or h.shape[3] % 2) and not pads:

@@ -90,6 +90,11 @@ def pool_then_bn(layers: list) -> bool:
     return len(layers) == 2 and isinstance(layers[0], POOLS) and foldable(layers[1])
 
 
+def skip_then_dropout(layers: list) -> bool:
+    """skip_connect followed by Dropout (P-DARTS' skip in its later stages)."""
+    return len(layers) == 2 and is_identity(layers[0]) and type(layers[1]) is nn.Dropout
+
+
 def bare_pool(layers: list) -> bool:
     """A pool with no BatchNorm after it (AutoDL's and NAS-Bench-201's search pools)."""
     return len(layers) == 1 and isinstance(layers[0], POOLS)
@@ -117,9 +122,10 @@ def is_conv_chain(layers: list) -> bool:
 
 
 class Recognized(NamedTuple):
-    """What an op is to the lean and recompute modes. kind: 'none', 'identity', 'factorized_reduce' (parts: its two
-    convs, its BN, whether it pads odd sizes), 'pool_bn' (the pool, the BN), 'pool' (the pool), 'conv_chain' (the
-    ConvChain steps, the trailing BN), or None: the op runs as it is, through its own forward."""
+    """What an op is to the lean and recompute modes. kind: 'none', 'identity', 'dropout' (skip then Dropout; parts:
+    the Dropout), 'factorized_reduce' (parts: its two convs, its BN, whether it pads odd sizes), 'pool_bn' (the pool,
+    the BN), 'pool' (the pool), 'conv_chain' (the ConvChain steps, the trailing BN), or None: the op runs as it is,
+    through its own forward."""
     kind: str | None
     parts: tuple = ()
 
@@ -145,6 +151,12 @@ def structure(op: nn.Module) -> str | None:
     return recognize(op).kind
 
 
+def draws_random_numbers(op: nn.Module) -> bool:
+    """Whether op may draw random numbers (a Dropout, or anything run through its own forward: `noise`, a user's
+    module): the recompute mode replays the RNG states for it."""
+    return structure(op) in (None, "dropout")
+
+
 def _recognize(op: nn.Module) -> Recognized:
     if is_none(op):
         return Recognized("none")
@@ -156,6 +168,8 @@ def _recognize(op: nn.Module) -> Recognized:
     layers = layers_of(op)
     if layers is None:
         return Recognized(None)
+    if skip_then_dropout(layers):
+        return Recognized("dropout", (layers[1],))
     if pool_then_bn(layers):
         return Recognized("pool_bn", (layers[0], layers[1]))
     if bare_pool(layers):

@@ -1,7 +1,7 @@
 """The recompute memory mode: a node keeps only its input states and weights; backward recomputes each candidate,
 one at a time, the way the lean mode computes it, with the BN running statistics frozen (they were updated once, in
-forward) and, where a candidate runs through its own forward (`noise`, Dropout, anything stacnas.nn.recognize does
-not know), the RNG states replayed, as torch.utils.checkpoint does: the CPU's and the device's. Works with
+forward) and, where a candidate runs through its own forward (`noise`, anything stacnas.nn.recognize does not know) or
+is a Dropout, the RNG states replayed, as torch.utils.checkpoint does: the CPU's and the device's. Works with
 torch.autograd.grad too (DARTS' second-order step)."""
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ class RecomputeNode(torch.autograd.Function):
         states = tensors[:n_states]  # the rest are the ops' parameters: inputs, so that they get gradients
         relu_of = shared_relu(states)
         # the terms draw in this order in forward and again in backward, from the same states
-        rng = _rng_states(states[0].device) if any(recognize.structure(op) is None for _, op, _ in node_terms) \
+        rng = _rng_states(states[0].device) if any(recognize.draws_random_numbers(op) for _, op, _ in node_terms) \
             else None
         y, stats = None, {}
         for t, (s, op, _) in enumerate(node_terms):

@@ -6,7 +6,8 @@ where sums are associated differently, as each function says) and keep less for 
   - ConvChain: DARTS' conv ops (ReLU, convs, BN+ReLU inside sep_conv) keeping each conv's input, not the
     activations, their convs taking conv_forward's and conv_backward's routes;
   - MaxPoolNoIndices: a 3×3 max-pool that keeps no int64 indices;
-  - avg_pool3x3: a 3×3 average pool (count_include_pad=False) as two 3-wide sums.
+  - avg_pool3x3: a 3×3 average pool (count_include_pad=False) as two 3-wide sums;
+  - dropout: nn.Dropout keeping its mask as bool on CPUs (PyTorch keeps the float noise there).
 `backend` is the kernel backend of the fused ops they call (stacnas.fused).
 """
 from __future__ import annotations
@@ -226,3 +227,33 @@ def fast_pool(pool: nn.Module, backend=None):
     if isinstance(pool, nn.AvgPool2d) and not pool.count_include_pad and pool.divisor_override is None:
         return lambda h: avg_pool3x3(h, stride[0])
     return None
+
+
+# ---- Dropout ---------------------------------------------------------------------------------------------------
+
+class BoolMaskDropout(torch.autograd.Function):
+    """F.dropout(h, p, training=True) on a CPU tensor, 0 < p < 1: the same draws and the same numbers as PyTorch's
+    CPU dropout (noise = bernoulli(1 - p) / (1 - p), h · noise), keeping the mask as bool, 1 byte an element, where
+    PyTorch keeps the float noise (4 or 8); backward rebuilds the noise from it bit for bit."""
+
+    @staticmethod
+    def forward(ctx, h, p):
+        noise = torch.empty_like(h).bernoulli_(1 - p)
+        noise.div_(1 - p)
+        ctx.save_for_backward(noise != 0)
+        ctx.p = p
+        return h * noise
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        mask, = ctx.saved_tensors
+        return grad * mask.to(grad.dtype).div_(1 - ctx.p), None
+
+
+def dropout(module: nn.Dropout, h: torch.Tensor) -> torch.Tensor:
+    """module(h): BoolMaskDropout where it applies; on GPUs PyTorch's own (its fused dropout keeps a bool mask)."""
+    p = module.p
+    if module.training and 0 < p < 1 and not module.inplace and h.device.type == "cpu":
+        return BoolMaskDropout.apply(h, p)
+    return module(h)
