@@ -146,12 +146,15 @@ _CURVES = {
                ("seconds per epoch", [("seconds", "seconds")]),
                ("peak memory (MiB)", [("peak_rss_mib", "RSS"), ("peak_cuda_mib", "CUDA")])],
 }
+_HESSIAN = ("Hessian of α's loss: λmax", [("hessian_eigenvalue", "λmax")])  # with --hessian-every
 
 
 def curves_figure(run: RunFolder) -> Figure:
-    """Per epoch: loss, accuracy, learning rate, seconds and peak memory. A search's stages follow each other on
-    one epoch axis, separated by dashed lines."""
+    """Per epoch: loss, accuracy, learning rate, seconds and peak memory (and the Hessian's largest eigenvalue where
+    the search logged it). A search's stages follow each other on one epoch axis, separated by dashed lines."""
     panels = _CURVES["train" if run.kind == "train" else "search"]
+    if any("hessian_eigenvalue" in r for stage in run.stages() for r in run.records(stage)):
+        panels = panels + [_HESSIAN]
     fig = Figure(figsize=(4.2 * len(panels), 3.6), layout="constrained")
     axes = fig.subplots(1, len(panels))
     offset = 0

@@ -68,6 +68,13 @@ class SearchConfig:
     a_lr: float = option(3e-4, "Adam learning rate of α", "optimization", above=0.0)
     a_betas: tuple = option((0.5, 0.999), "Adam betas of α", "optimization", at_least=0.0, below=1.0)
     a_weight_decay: float = option(1e-3, "weight decay of α", "optimization", at_least=0.0)
+    hessian_every: int = option(0, "every this many epochs, log the largest eigenvalue of the Hessian of α's loss "
+                                   "w.r.t. α (RobustDARTS' collapse indicator; 0: never); see docs/search.md",
+                                "analysis", at_least=0)
+    hessian_batches: int = option(2, "batches of the fixed, seeded image set the Hessian is computed on", "analysis",
+                                  at_least=1)
+    hessian_steps: int = option(20, "Lanczos steps (each two α-gradients on those batches) per eigenvalue",
+                                "analysis", at_least=1)
     checkpoint_every: int = option(0, "also checkpoint every this many steps (0: at the end of every epoch only)",
                                    "run", at_least=0)
     tensorboard: bool = option(False, "also log the metrics (and at the end the figures) for TensorBoard in "

@@ -12,7 +12,7 @@ from ..names import CELL_TYPES
 from ..runtime import distributed, precision
 from ..runtime.epochs import EpochLoop
 from ..runtime.metrics import MetricsLog, peak_memory
-from . import steps
+from . import hessian, steps
 from .config import SearchConfig
 
 
@@ -68,6 +68,7 @@ class SupernetTraining(EpochLoop):
 
     def __init__(self, run: Run, stage: str, model, epochs: int, order: str):
         self.search_run, self.model, self.order = run, model, order
+        self.hessian_set = None  # the Hessian's fixed images, drawn at its first use
         self.opts = _optimizers(model, run.cfg, epochs)
         w_opt, a_opt, schedule = self.opts
         amp = run.cfg.amp
@@ -77,6 +78,17 @@ class SupernetTraining(EpochLoop):
                                    "scaler": self.amp.scaler},
                          ctx=run.ctx, device=run.device, loaders=run.loaders, metrics=run.metrics(model.edge_ops), epochs=epochs,
                          checkpoint_every=run.cfg.checkpoint_every, config_hash=run.config_hash)
+
+    def _hessian_eigenvalue(self) -> float:
+        """The largest eigenvalue of ∇²α of α's loss (stacnas.search.hessian): on validation images in bi-level
+        search, on training images in one-level; the image set drawn once, seeded by the search's seed."""
+        if self.hessian_set is None:
+            loader = self.loaders.train if self.order == "one-level" else self.loaders.val
+            cfg = self.search_run.cfg
+            self.hessian_set = hessian.fixed_batches(loader.dataset, cfg.hessian_batches, cfg.batch_size, cfg.seed,
+                                                     self.device)
+        return hessian.largest_eigenvalue(self.model, self.hessian_set, self.search_run.cfg.hessian_steps,
+                                          self.search_run.cfg.seed)
 
     def begin_epoch(self, epoch: int) -> None:
         self.model.train()
@@ -111,6 +123,10 @@ class SupernetTraining(EpochLoop):
         if self.order != "one-level":
             record["val_loss"] = total[3] / max(total[4], 1.0)
             details += f" val loss {record['val_loss']:.4f}"
+        every = self.search_run.cfg.hessian_every
+        if every and (epoch + 1) % every == 0:
+            record["hessian_eigenvalue"] = self._hessian_eigenvalue()
+            details += f" Hessian λmax {record['hessian_eigenvalue']:.4g}"
         return record, f"{details} lr {record['lr']:.4g}"
 
 
