@@ -86,7 +86,8 @@ class TensorTransform:
     a random offset, flip horizontally with probability 1/2 (when `flip`), scale to [0, 1], normalize, cut out
     (`cutout` > 0). The same numbers, from the same random draws, as torchvision's v2.RandomCrop(size, padding=pad),
     v2.RandomHorizontalFlip(), v2.ToDtype(float32, scale=True) and v2.Normalize (tests/test_data.py holds it to
-    them), without importing torchvision: that takes 1.7 s of every process's start (it imports torch._dynamo)."""
+    them), without importing torchvision: that import takes 1.7 s (most of it torch._dynamo, which a search's first
+    optimizer imports later anyway; processes that train nothing are spared all of it)."""
 
     def __init__(self, mean, std, pad: int, flip: bool, augment: bool, cutout: int = 0):
         self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)

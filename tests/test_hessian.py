@@ -15,8 +15,8 @@ from stacnas.search import SearchConfig, run_search
 from stacnas.search import hessian
 from stacnas.spaces import BUILTIN_SPACES
 
-TINY = dict(epochs=2, darts_epochs=2, limit=64, channels=4, stage1_layers=3, stage2_layers=3, darts_layers=3, batch_size=32,
-            w_lr=0.05, a_lr=3e-2, report=False, device="cpu")
+TINY = dict(epochs=2, darts_epochs=2, limit=64, channels=4, stage1_layers=3, stage2_layers=3, darts_layers=3,
+            batch_size=32, w_lr=0.05, a_lr=3e-2, report=False, device="cpu")
 
 
 def _tiny_supernet(space: str, mode: str):
@@ -47,7 +47,7 @@ def test_largest_eigenvalue_is_the_full_hessians(space):
     model, batches = _tiny_supernet(space, "reference")
     torch.manual_seed(1)
     exact = torch.linalg.eigvalsh(_full_hessian(model, batches))
-    assert exact.max() > 10 * exact.max().abs() * 1e-3  # a positive top eigenvalue to find
+    assert exact.max() > 0  # a positive top eigenvalue to find
     alphas_before = [a.detach().clone() for a in model.alphas()]
     found = hessian.largest_eigenvalue(model, batches, steps=min(40, len(exact)), seed=1)
     assert found == pytest.approx(float(exact.max()), rel=1e-8)
@@ -73,7 +73,7 @@ def test_a_search_logging_the_hessian_is_the_search_without_it(tmp_path, method,
                                          hessian_batches=1, hessian_steps=3), str(out))
         runs[every] = (result.genotype, [json.loads(line) for line in (out / "metrics.jsonl").read_text().split("\n")
                                          if line])
-    assert runs[0][0] == runs[1][0]
+    assert runs[0][0] == runs[1][0] and len(runs[0][1]) == len(runs[1][1])
     for plain, logged in zip(runs[0][1], runs[1][1]):
         assert "hessian_eigenvalue" not in plain and torch.isfinite(torch.tensor(logged["hessian_eigenvalue"]))
         for key in ("stage", "epoch", "train_loss", "train_acc", "val_loss", "alpha_softmax"):

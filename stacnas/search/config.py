@@ -73,7 +73,7 @@ class SearchConfig:
                                 "analysis", at_least=0)
     hessian_batches: int = option(2, "batches of the fixed, seeded image set the Hessian is computed on", "analysis",
                                   at_least=1)
-    hessian_steps: int = option(20, "Lanczos steps (each two α-gradients on those batches) per eigenvalue",
+    hessian_steps: int = option(20, "Lanczos steps (each a double backward over those batches) per eigenvalue",
                                 "analysis", at_least=1)
     checkpoint_every: int = option(0, "also checkpoint every this many steps (0: at the end of every epoch only)",
                                    "run", at_least=0)

@@ -95,6 +95,6 @@ def largest_eigenvalue(model, batches, steps: int = 20, seed: int = 0) -> float:
     n = len(diagonal)
     tridiagonal = torch.diag(torch.tensor(diagonal, dtype=torch.float64))
     if n > 1:
-        off = torch.tensor(off_diagonal[:n - 1], dtype=torch.float64)
+        off = torch.tensor(off_diagonal, dtype=torch.float64)  # n - 1 of them: the last step appends none
         tridiagonal += torch.diag(off, 1) + torch.diag(off, -1)
     return float(torch.linalg.eigvalsh(tridiagonal).max())
