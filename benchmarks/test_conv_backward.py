@@ -3,12 +3,13 @@ routes are PyTorch's).
 
 Input and filter gradients of the depthwise and pointwise convs inside DARTS' sep_conv and dil_conv, at the size of
 a C=16 supernet's first cells (batch 16, 16 channels, 32×32): `aten` is torch.ops.aten.convolution_backward, `lean`
-is stacnas.nn.routes.conv_backward; each conv is a group of its own, whose rows' ratio is what to read.
+is stacnas.fused.conv_chain_backward of that one conv (the compiled kernels' routes); each conv is a group of its
+own, whose rows' ratio is what to read.
 """
 import pytest
 import torch
 
-from stacnas.nn.routes import conv_backward
+from stacnas import fused
 
 # (kernel, dilation, groups): sep_conv 3×3 and 5×5 depthwise, dil_conv 3×3 and 5×5 depthwise, the pointwise 1×1
 CONVS = {"dw3": (3, 1, 16), "dw5": (5, 1, 16), "dil3": (3, 2, 16), "dil5": (5, 2, 16), "pw": (1, 1, 1)}
@@ -29,4 +30,6 @@ def test_conv_backward(benchmark, route, conv):
                                                               [dilation] * 2, False, [0, 0], groups,
                                                               [True, True, False]))
     else:
-        benchmark(lambda: conv_backward(grad, x, weight, 1, padding, dilation, groups, (True, True)))
+        geometry = [1, 1, padding, padding, dilation, dilation, groups]
+        benchmark(lambda: fused.conv_chain_backward(grad, [x], [weight], geometry, [False], [None], [None], [False],
+                                                    [0.0], True, [True], [False]))

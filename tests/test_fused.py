@@ -338,6 +338,93 @@ def test_depthwise_weight_grad_opcheck(backend, device):
     torch.library.opcheck(custom_op(backend, "depthwise_conv2d_weight_grad"), (grad, x, [3, 3], [2, 2], [2, 2], [2, 2]))
 
 
+# conv_chain_backward's chains, each step (c_in, c_out, kernel, stride, padding, dilation, groups, relu, bn, bias):
+# DARTS' and AutoDL's conv ops, and convs of every route (depthwise, pointwise, dense, grouped)
+DEPTHWISE_3X3 = (5, 5, 3, 1, 1, 1, 5, True, False, False)
+POINTWISE = (5, 5, 1, 1, 0, 1, 1, False, False, False)
+CHAINS = {
+    "sep_conv 3x3": [DEPTHWISE_3X3, POINTWISE, (5, 5, 3, 1, 1, 1, 5, True, True, False),
+                     (5, 6, 1, 1, 0, 1, 1, False, False, False)],
+    "sep_conv 5x5 stride 2": [(5, 5, 5, 2, 2, 1, 5, True, False, False), POINTWISE,
+                              (5, 5, 5, 1, 2, 1, 5, True, True, False), POINTWISE],
+    "dil_conv 3x3": [(5, 5, 3, 1, 2, 2, 5, True, False, False), (5, 6, 1, 1, 0, 1, 1, False, False, False)],
+    "dil_conv 5x5 stride 2": [(5, 5, 5, 2, 4, 2, 5, True, False, False), POINTWISE],
+    "AutoDL's conv with a bias": [DEPTHWISE_3X3, (5, 6, 1, 1, 0, 1, 1, False, False, True)],
+    "dense 3x3 with a bias": [(5, 6, 3, 1, 1, 1, 1, True, False, True)],
+    "pointwise stride 2": [(5, 3, 1, 2, 0, 1, 1, True, False, False)],
+    "grouped": [(4, 6, 3, 1, 1, 1, 2, True, False, False)],
+    "depthwise unpadded, no ReLU": [(5, 5, 3, 1, 0, 1, 5, False, False, False)],
+}
+
+
+def _chain(name, size, training, dtype=torch.float64, seed=0):
+    """conv_chain_backward's arguments for CHAINS[name] on random data: each step's input the previous conv's output
+    (the BN inputs shifted, so that ReLU cuts some), the statistics the batch's (training) or running ones."""
+    g = torch.Generator().manual_seed(seed)
+    randn = lambda *shape: torch.randn(*shape, generator=g, dtype=torch.float64)  # noqa: E731
+    z = randn(3, CHAINS[name][0][0], *size)
+    inputs, weights, geometry, means, variances = [], [], [], [], []
+    for c_in, c_out, k, stride, padding, dilation, groups, relu, bn, bias in CHAINS[name]:
+        z = z + 0.3 if bn else z
+        inputs.append(z)
+        weights.append(randn(c_out, c_in // groups, k, k))
+        geometry += [stride] * 2 + [padding] * 2 + [dilation] * 2 + [groups]
+        if bn and training:
+            var, mean = torch.var_mean(z, dim=[0, 2, 3], correction=0)
+        elif bn:
+            mean, var = randn(c_in) * 0.1, randn(c_in).abs() + 0.5
+        means.append(mean if bn else None)
+        variances.append(var if bn else None)
+        z = F.conv2d(z, weights[-1], None, stride, padding, dilation, groups)
+    steps = CHAINS[name]
+    cast = lambda ts: [None if t is None else t.to(dtype) for t in ts]  # noqa: E731
+    return (randn(*z.shape).to(dtype), cast(inputs), cast(weights), geometry, [s[7] for s in steps], cast(means),
+            cast(variances), [s[8] and training for s in steps], [1e-5 if s[8] else 0.0 for s in steps], True,
+            [True] * len(steps), [s[9] for s in steps])
+
+
+def _chain_results(found) -> list:
+    grad_x, grad_weights, grad_biases = found
+    return [grad_x, *grad_weights, *grad_biases]
+
+
+@pytest.mark.parametrize("backend, device", backends("conv_chain_backward", with_torch=False))
+@pytest.mark.parametrize("chain", sorted(CHAINS))
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("size", [(7, 9), (8, 8)])
+def test_conv_chain_backward_matches_reference(backend, device, chain, training, size):
+    """Every route of the compiled chain backward against the reference (each step recomputed and differentiated by
+    autograd): float64 to 1e-12, float32 within float32 rounding; what is not asked for is None."""
+    args = _chain(chain, size, training)
+    to = lambda a: a.to(device) if isinstance(a, torch.Tensor) else [to(t) for t in a] if isinstance(a, list) and \
+        any(isinstance(t, torch.Tensor) for t in a) else a  # noqa: E731
+    expected = _chain_results(fused.conv_chain_backward(*args, backend="torch"))
+    ours = _chain_results(fused.conv_chain_backward(*map(to, args), backend=backend))
+    assert [t is None for t in ours] == [t is None for t in expected]
+    for got, want in zip(ours, expected):
+        if want is not None:
+            assert want.abs().max() > 0
+            torch.testing.assert_close(got.cpu(), want, rtol=1e-12, atol=1e-12)
+    ours32 = _chain_results(fused.conv_chain_backward(*map(to, _chain(chain, size, training, torch.float32)),
+                                                      backend=backend))
+    for got, want in zip(ours32, expected):
+        if want is not None:
+            torch.testing.assert_close(got.cpu().double(), want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+    unasked = list(args)
+    unasked[9], unasked[10] = False, [i % 2 == 0 for i in range(len(args[1]))]
+    found = _chain_results(fused.conv_chain_backward(*map(to, unasked), backend=backend))
+    assert found[0] is None and all((t is None) == (i % 2 == 1) for i, t in enumerate(found[1:1 + len(args[1])]))
+
+
+@pytest.mark.parametrize("backend, device", backends("conv_chain_backward", with_torch=False))
+def test_conv_chain_backward_opcheck(backend, device):
+    args = [a.to(device) if isinstance(a, torch.Tensor) else
+            [t.float().to(device) if isinstance(t, torch.Tensor) else t for t in a] if isinstance(a, list) else a
+            for a in _chain("sep_conv 3x3", (7, 9), True)]
+    args[0] = args[0].float()
+    torch.library.opcheck(custom_op(backend, "conv_chain_backward"), tuple(args))
+
+
 @pytest.mark.skipif(compiled_backend.LOAD_ERROR is not None, reason="stacnas._C is not built")
 def test_an_extension_built_for_another_torch_is_refused(monkeypatch):
     from stacnas import _C

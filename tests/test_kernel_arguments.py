@@ -92,7 +92,28 @@ def _bad_mixed_sum_backward(device):
     }
 
 
-OPS = {"max_pool2d_backward_from_output": _bad_max_pool, "depthwise_conv2d_weight_grad": _bad_depthwise,
+def _bad_conv_chain(device):
+    x, w = torch.randn(2, 3, 9, 7, device=device), torch.randn(3, 1, 3, 3, device=device)
+    g = torch.randn(2, 3, 9, 7, device=device)  # a depthwise 3×3, padding 1, stride 1
+    mean, var = torch.zeros(3, device=device), torch.ones(3, device=device)
+
+    def args(grad=g, inputs=(x,), weights=(w,), geometry=(1, 1, 1, 1, 1, 1, 3), mean=(None,), var=(None,)):
+        return (grad, list(inputs), list(weights), list(geometry), [True], list(mean), list(var), [True], [1e-5],
+                True, [True], [False])
+    return {
+        "a weight missing": (args(weights=()), "one entry per input"),
+        "geometry too short": (args(geometry=(1, 1, 1, 1, 1, 1)), "7 numbers per step"),
+        "grad of another dtype": (args(grad=g.double()), "dtype and device"),
+        "grad of the wrong size": (args(grad=g[:, :, :5]), "is not what the conv gives"),
+        "stride 0": (args(geometry=(0, 1, 1, 1, 1, 1, 3)), "above 0"),
+        "a weight that does not fit the groups": (args(geometry=(1, 1, 1, 1, 1, 1, 1)), "does not fit input"),
+        "3-D input": (args(grad=g[0], inputs=(x[0],)), "4-D"),
+        "mean without var": (args(mean=(mean,)), "both mean and var"),
+        "statistics of the wrong length": (args(mean=(mean[:2],), var=(var[:2],)), "one value per input channel"),
+    }
+
+
+OPS = {"max_pool2d_backward_from_output": _bad_max_pool, "conv_chain_backward": _bad_conv_chain, "depthwise_conv2d_weight_grad": _bad_depthwise,
        "batch_norm_relu_backward": _bad_batch_norm_relu, "mixed_sum_into": _bad_mixed_sum,
        "mixed_sum_backward": _bad_mixed_sum_backward}
 CASES = [pytest.param(op, device, case, id=f"{op}-{device}-{case}") for op, make in OPS.items() for device in DEVICES

@@ -163,36 +163,26 @@ def test_lean_dropout_is_pytorchs_bit_for_bit_keeping_a_bool_mask(p, dtype):
     assert dropout(module, h) is h
 
 
-# (in channels, out channels, kernel, stride, padding, dilation, groups): every route of lean.conv_backward
-CONVS = {"depthwise": (4, 4, 3, 1, 1, 1, 4), "depthwise 5x5": (4, 4, 5, 1, 2, 1, 4),
-         "dilated": (4, 4, 5, 1, 4, 2, 4), "dilated stride 2": (4, 4, 3, 2, 2, 2, 4),
-         "depthwise no padding": (3, 3, 3, 1, 0, 1, 3), "pointwise": (4, 6, 1, 1, 0, 1, 1),
-         "pointwise stride 2": (4, 6, 1, 2, 0, 1, 1), "dense 3x3": (4, 6, 3, 1, 1, 1, 1),
-         "grouped": (4, 6, 3, 1, 1, 1, 2)}
+# (in channels, out channels, kernel, stride, padding, dilation, groups): the routes of routes.conv_forward (those of
+# the backward, stacnas.fused.conv_chain_backward, are tested in test_fused.py)
+CONVS = {"depthwise": (4, 4, 3, 1, 1, 1, 4), "dilated stride 2": (4, 4, 3, 2, 2, 2, 4),
+         "pointwise": (4, 6, 1, 1, 0, 1, 1), "pointwise stride 2": (4, 6, 1, 2, 0, 1, 1),
+         "dense 3x3": (4, 6, 3, 1, 1, 1, 1), "grouped": (4, 6, 3, 1, 1, 1, 2)}
 
 
 @pytest.mark.parametrize("conv", sorted(CONVS))
 @pytest.mark.parametrize("size", [(7, 9), (8, 8)])
-def test_lean_conv_routes_equal_pytorch(conv, size):
-    from stacnas.nn.routes import conv_backward, conv_forward
+@pytest.mark.parametrize("bias", [False, True])
+def test_lean_conv_forward_routes_equal_pytorch(conv, size, bias):
+    from stacnas.nn.routes import conv_forward
 
     c_in, c_out, k, stride, padding, dilation, groups = CONVS[conv]
     g = torch.Generator().manual_seed(k + stride + groups)
     x = torch.randn(3, c_in, *size, generator=g, dtype=torch.float64)
     weight = torch.randn(c_out, c_in // groups, k, k, generator=g, dtype=torch.float64)
-    out = F.conv2d(x, weight, None, stride, padding, dilation, groups)
-    torch.testing.assert_close(conv_forward(x, weight, None, stride, padding, dilation, groups), out, rtol=1e-12,
-                               atol=1e-12)
-    grad = torch.randn(out.shape, generator=g, dtype=torch.float64)
-    expected = torch.ops.aten.convolution_backward(grad, x, weight, None, [stride] * 2, [padding] * 2,
-                                                   [dilation] * 2, False, [0, 0], groups, [True, True, False])[:2]
-    for needs in [(True, True), (True, False), (False, True)]:
-        ours = conv_backward(grad, x, weight, stride, padding, dilation, groups, needs)
-        for got, want, needed in zip(ours, expected, needs):
-            if needed:
-                torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
-            else:
-                assert got is None
+    b = torch.randn(c_out, generator=g, dtype=torch.float64) if bias else None
+    torch.testing.assert_close(conv_forward(x, weight, b, stride, padding, dilation, groups),
+                               F.conv2d(x, weight, b, stride, padding, dilation, groups), rtol=1e-12, atol=1e-12)
 
 
 def test_cell_output_has_no_concat_copy():

@@ -25,7 +25,8 @@ from .registry import (OPS, available_backends, default_backend, implementation,
                        unavailable)
 from .torch_backend import reference_mixed_sum
 
-__all__ = ["OPS", "available_backends", "batch_norm_relu_backward", "batch_norm_stats", "default_backend",
+__all__ = ["OPS", "available_backends", "batch_norm_relu_backward", "batch_norm_stats", "conv_chain_backward",
+           "default_backend",
            "depthwise_conv2d_weight_grad", "max_pool2d_backward_from_output", "mixed_sum", "mixed_sum_backward",
            "mixed_sum_into", "op_backends", "reference_mixed_sum", "resolve_backend", "unavailable"]
 
@@ -106,3 +107,18 @@ def depthwise_conv2d_weight_grad(grad, input, kernel_size, stride, padding, dila
     checks.depthwise_conv2d_weight_grad(grad, input, kernel_size, stride, padding, dilation)
     return _run("depthwise_conv2d_weight_grad", backend, input.device, grad, input, kernel_size, stride, padding,
                 dilation)
+
+
+def conv_chain_backward(grad, inputs, weights, geometry, relu, mean, var, training, eps, input_grad, weight_grad,
+                        bias_grad, backend: str | None = None):
+    """(grad_input, grad_weights, grad_biases) of a chain of convolutions (the lean supernet's ConvChain) from the
+    inputs its convs read, the activations recomputed. Step i computes out_i = conv2d(a_i, weights[i]) (+ a bias),
+    where z_i = inputs[i] (z_{i+1} = out_i) and a_i = ReLU(z_i) when relu[i], z_i otherwise, or, where mean[i] and
+    var[i] are given, ReLU((z_i - mean_i) / sqrt(var_i + eps[i])) (a BatchNorm(affine=False) then ReLU, the gradient
+    through its batch statistics when training[i]). geometry holds 7 numbers per step: stride, padding, dilation (two
+    each) and groups. grad is the last out's; a gradient not asked for (input_grad, weight_grad[i], bias_grad[i])
+    is None."""
+    checks.conv_chain_backward(grad, inputs, weights, geometry, relu, mean, var, training, eps, weight_grad,
+                               bias_grad)
+    return _run("conv_chain_backward", backend, grad.device, grad, inputs, weights, geometry, relu, mean, var,
+                training, eps, input_grad, weight_grad, bias_grad)

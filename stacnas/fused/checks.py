@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import torch
 
+from .torch_backend import step_geometry
 
-def _require(ok: bool, op: str, message: str) -> None:
+
+def _require(ok: bool, op: str, message) -> None:
+    """A ValueError naming op unless ok; message is a string, or a function giving it (the checks run on every call of
+    every fused op: a message formatted only on failure costs nothing)."""
     if not ok:
-        raise ValueError(f"{op}: {message}")
+        raise ValueError(f"{op}: {message() if callable(message) else message}")
 
 
 def _same_kind(t: torch.Tensor, like: torch.Tensor, op: str, name: str) -> None:
@@ -85,6 +89,12 @@ def batch_norm_relu_backward(grad, x, mean, var) -> None:
                                                                      "device")
 
 
+def _window_output(size: int, kernel: int, stride: int, padding: int, dilation: int) -> int:
+    """The output size of a window (a conv's or a pool's) sliding along one dimension of `size`."""
+    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    return span // stride + 1 if span >= 0 else 0
+
+
 def _window(op: str, input, result, kernel_size, stride, padding, dilation, name: str) -> None:
     """result (N, C, OH, OW) is what sliding the window over input (N, C, H, W) gives."""
     _require(input.dim() == 4 and result.dim() == 4 and result.shape[:2] == input.shape[:2], op,
@@ -96,8 +106,7 @@ def _window(op: str, input, result, kernel_size, stride, padding, dilation, name
         _require(kernel_size[i] > 0 and stride[i] > 0 and dilation[i] > 0 and padding[i] >= 0, op,
                  f"needs kernel_size, stride and dilation above 0 and padding at least 0, got {list(kernel_size)}, "
                  f"{list(stride)}, {list(dilation)}, {list(padding)}")
-        span = input.shape[2 + i] + 2 * padding[i] - dilation[i] * (kernel_size[i] - 1) - 1
-        expected = span // stride[i] + 1 if span >= 0 else 0
+        expected = _window_output(input.shape[2 + i], kernel_size[i], stride[i], padding[i], dilation[i])
         _require(result.shape[2 + i] == expected, op,
                  f"{name} {tuple(result.shape)} is not what the window gives on {tuple(input.shape)} ({expected} "
                  f"along dim {2 + i})")
@@ -118,3 +127,43 @@ def depthwise_conv2d_weight_grad(grad, input, kernel_size, stride, padding, dila
     op = "depthwise_conv2d_weight_grad"
     _same_kind(grad, input, op, "grad")
     _window(op, input, grad, kernel_size, stride, padding, dilation, "grad")
+
+
+def conv_chain_backward(grad, inputs, weights, geometry, relu, mean, var, training, eps, weight_grad,
+                        bias_grad) -> None:
+    op = "conv_chain_backward"
+    steps = len(inputs)
+    _require(steps > 0 and all(isinstance(t, torch.Tensor) for t in [*inputs, *weights]), op,
+             "needs a non-empty list of inputs and one weight each")
+    for name, values in (("weights", weights), ("relu", relu), ("mean", mean), ("var", var), ("training", training),
+                         ("eps", eps), ("weight_grad", weight_grad), ("bias_grad", bias_grad)):
+        _require(len(values) == steps, op, lambda: f"{name} needs one entry per input ({steps}), got {len(values)}")
+    _require(len(geometry) == 7 * steps, op, lambda: f"geometry needs 7 numbers per step (stride, padding, dilation, "
+                                                     f"groups), got {len(geometry)} for {steps}")
+    kind = (grad.dtype, grad.device)
+    _require(grad.is_floating_point() and all((t.dtype, t.device) == kind for t in [*inputs, *weights]), op,
+             lambda: f"every input and weight must have grad's dtype and device ({grad.dtype} on {grad.device})")
+    for i, (z, w, out) in enumerate(zip(inputs, weights, [*inputs[1:], grad])):
+        _conv_step(op, i, z, w, out, step_geometry(geometry, i))
+        _require((mean[i] is None) == (var[i] is None), op, lambda: f"step {i} needs both mean and var, or neither")
+        if mean[i] is not None:
+            _require(all(isinstance(t, torch.Tensor) and t.shape == (z.shape[1],) and t.is_floating_point()
+                         and t.device == z.device for t in (mean[i], var[i])), op,
+                     lambda: f"step {i}: mean and var must hold one value per input channel ({z.shape[1]}), on its "
+                             "device")
+
+
+def _conv_step(op: str, i: int, z, w, out, geometry) -> None:
+    """out (4-D) is what conv2d(z, w) with this (stride, padding, dilation, groups) gives."""
+    stride, padding, dilation, groups = geometry
+    _require(z.dim() == w.dim() == out.dim() == 4, op,
+             lambda: f"step {i}: expects 4-D tensors, got {tuple(z.shape)}, {tuple(w.shape)}, {tuple(out.shape)}")
+    _require(groups > 0 and z.shape[1] == w.shape[1] * groups and w.shape[0] % groups == 0, op,
+             lambda: f"step {i}: weight {tuple(w.shape)} with groups={groups} does not fit input {tuple(z.shape)}")
+    _require(min(*stride, *dilation) > 0 and min(padding) >= 0, op,
+             lambda: f"step {i}: needs stride and dilation above 0 and padding at least 0, got {stride}, {dilation}, "
+                     f"{padding}")
+    expected = (z.shape[0], w.shape[0], *(_window_output(z.shape[2 + d], w.shape[2 + d], stride[d], padding[d],
+                                                        dilation[d]) for d in range(2)))
+    _require(out.shape == expected, op, lambda: f"step {i}: its output {tuple(out.shape)} is not what the conv gives "
+                                                f"on {tuple(z.shape)} ({expected})")

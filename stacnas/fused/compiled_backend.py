@@ -1,6 +1,7 @@
 """The `cpp` and `cuda` backends: the ops of the compiled extension stacnas._C, whose schemas and CPU kernels are in
-csrc/fused_ops.cpp and CUDA kernels in csrc/cuda/. This module loads it, says why when it cannot, and adds the
-fake (meta) implementations torch.compile traces with."""
+csrc/fused_ops.cpp, CUDA kernels in csrc/cuda/ and conv_chain_backward (for both devices) in csrc/conv_chain.cpp.
+This module loads it, says why when it cannot, and adds the fake (meta) implementations torch.compile traces
+with."""
 from __future__ import annotations
 
 import torch
@@ -53,6 +54,12 @@ if LOAD_ERROR is None:
     def _(grad, input, kernel_size, stride, padding, dilation):
         return input.new_empty(input.shape[1], 1, *kernel_size)
 
+    @torch.library.register_fake("stacnas::conv_chain_backward")
+    def _(grad, inputs, weights, geometry, relu, mean, var, training, eps, input_grad, weight_grad, bias_grad):
+        return (torch.empty_like(inputs[0], memory_format=torch.contiguous_format) if input_grad else None,
+                [torch.empty_like(w) if needed else None for w, needed in zip(weights, weight_grad)],
+                [w.new_empty(w.shape[0]) if needed else None for w, needed in zip(weights, bias_grad)])
+
     @torch.library.register_fake("stacnas::max_pool2d_backward_from_output")
     def _(grad, input, output, kernel_size, stride, padding):
         return torch.empty_like(input, memory_format=torch.contiguous_format)
@@ -81,3 +88,10 @@ def max_pool2d_backward_from_output(grad, input, output, kernel_size, stride, pa
 
 def depthwise_conv2d_weight_grad(grad, input, kernel_size, stride, padding, dilation):
     return torch.ops.stacnas.depthwise_conv2d_weight_grad(grad, input, kernel_size, stride, padding, dilation)
+
+
+def conv_chain_backward(grad, inputs, weights, geometry, relu, mean, var, training, eps, input_grad, weight_grad,
+                        bias_grad):
+    return torch.ops.stacnas.conv_chain_backward(grad, list(inputs), list(weights), list(geometry), list(relu),
+                                                 list(mean), list(var), list(training), list(eps), input_grad,
+                                                 list(weight_grad), list(bias_grad))

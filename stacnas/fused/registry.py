@@ -28,6 +28,7 @@ OPS = {
     "batch_norm_relu_backward": ("torch", "cpp", "cuda"),
     "max_pool2d_backward_from_output": ("torch", "cpp", "cuda"),
     "depthwise_conv2d_weight_grad": ("torch", "cpp"),
+    "conv_chain_backward": ("torch", "cpp", "cuda"),
 }
 _MODULES = {"torch": "torch_backend", "cpp": "compiled_backend", "cuda": "compiled_backend",
             "triton": "triton_backend"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 
 def channels(x: torch.Tensor) -> int:
@@ -79,3 +80,30 @@ def depthwise_conv2d_weight_grad(grad, input, kernel_size, stride, padding, dila
     weight = input.new_empty(input.shape[1], 1, *kernel_size)
     return torch.ops.aten.convolution_backward(grad, input, weight, None, stride, padding, dilation, False, [0, 0],
                                                input.shape[1], [False, True, False])[1]
+
+
+def step_geometry(geometry, i: int):
+    """(stride, padding, dilation, groups) of conv_chain_backward's step i, from its 7 numbers in `geometry`."""
+    g = list(geometry[7 * i:7 * i + 7])
+    return g[0:2], g[2:4], g[4:6], g[6]
+
+
+def conv_chain_backward(grad, inputs, weights, geometry, relu, mean, var, training, eps, input_grad, weight_grad,
+                        bias_grad):
+    """Each step recomputed from its kept input and differentiated by autograd (see stacnas.fused)."""
+    steps = len(inputs)
+    grad_weights, grad_biases = [None] * steps, [None] * steps
+    with torch.enable_grad():
+        for i in reversed(range(steps)):
+            z, w = inputs[i].detach().requires_grad_(), weights[i].detach().requires_grad_()
+            if mean[i] is None:
+                a = torch.relu(z) if relu[i] else z
+            else:
+                var_i, mean_i = _var_mean(z) if training[i] else (var[i], mean[i])
+                a = torch.relu((z - per_channel(mean_i, z)) * per_channel(torch.rsqrt(var_i + eps[i]), z))
+            out = F.conv2d(a, w, None, *step_geometry(geometry, i))
+            grad_z, grad_w = torch.autograd.grad(out, [z, w], grad)
+            grad_weights[i] = grad_w if weight_grad[i] else None
+            grad_biases[i] = grad.sum([0, 2, 3]) if bias_grad[i] else None
+            grad = grad_z
+    return (grad if input_grad else None), grad_weights, grad_biases

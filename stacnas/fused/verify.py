@@ -56,6 +56,22 @@ def _inputs(op: str, device: torch.device) -> list[tuple]:
             out = torch.nn.functional.conv2d(x, x.new_empty(4, 1, kernel, kernel), None, stride, padding, dilation, 4)
             cases.append((randn(*out.shape), x, [kernel] * 2, [stride] * 2, [padding] * 2, [dilation] * 2))
         return cases
+    if op == "conv_chain_backward":
+        # every route: depthwise 3×3 (stride 1), pointwise, BN+ReLU then dilated 5×5, pointwise with a bias, 3×3
+        # stride 2
+        geometry = [1, 1, 1, 1, 1, 1, 4, 1, 1, 0, 0, 1, 1, 1, 1, 1, 4, 4, 2, 2, 4, 1, 1, 0, 0, 1, 1, 1,
+                    2, 2, 1, 1, 1, 1, 6]
+        weights = [randn(4, 1, 3, 3), randn(4, 4, 1, 1), randn(4, 1, 5, 5), randn(6, 4, 1, 1), randn(6, 1, 3, 3)]
+        inputs = [randn(2, 4, 9, 7), randn(2, 4, 9, 7), randn(2, 4, 9, 7) + 0.3, randn(2, 4, 9, 7), randn(2, 6, 9, 7)]
+        cases = []
+        for training in (True, False):
+            var, mean = torch.var_mean(inputs[2], dim=[0, 2, 3], correction=0) if training \
+                else (randn(4).abs() + 0.5, randn(4) * 0.1)
+            cases.append((randn(2, 6, 5, 4), inputs, weights, geometry, [True, False, True, False, True],
+                          [None, None, mean, None, None], [None, None, var, None, None],
+                          [False, False, training, False, False], [0.0, 0.0, 1e-5, 0.0, 0.0], True, [True] * 5,
+                          [False, False, False, True, False]))
+        return cases
     raise KeyError(op)
 
 
@@ -69,8 +85,9 @@ def _tensors(result) -> list[torch.Tensor]:
 
 
 def _copy(args: tuple) -> tuple:
-    return tuple(a.clone() if isinstance(a, torch.Tensor) else [t.clone() for t in a]
-                 if isinstance(a, list) and a and isinstance(a[0], torch.Tensor) else a for a in args)
+    def copy(a):
+        return a.clone() if isinstance(a, torch.Tensor) else [copy(t) for t in a] if isinstance(a, list) else a
+    return tuple(copy(a) for a in args)
 
 
 def _run(fn, op: str, args: tuple) -> list[torch.Tensor]:

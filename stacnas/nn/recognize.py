@@ -101,8 +101,9 @@ def bare_pool(layers: list) -> bool:
 
 
 def plain_conv(layer: nn.Module) -> bool:
-    """A conv the lean routes run: nn.Conv2d itself, zero padding, bias or not (AutoDL's search convs carry one)."""
-    return type(layer) is nn.Conv2d and layer.padding_mode == "zeros"
+    """A conv the lean routes run: nn.Conv2d itself, zero padding given as numbers (not 'same'), bias or not
+    (AutoDL's search convs carry one)."""
+    return type(layer) is nn.Conv2d and layer.padding_mode == "zeros" and not isinstance(layer.padding, str)
 
 
 def is_conv_chain(layers: list) -> bool:

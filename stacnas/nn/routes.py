@@ -4,7 +4,7 @@ PyTorch's CPU backward of the depthwise and pointwise convs in sep_conv and dil_
 its CPU max-pool 25× two elementwise passes. These routes compute the same values (exactly, or equal to rounding
 where sums are associated differently, as each function says) and keep less for backward:
   - ConvChain: DARTS' conv ops (ReLU, convs, BN+ReLU inside sep_conv) keeping each conv's input, not the
-    activations, their convs taking conv_forward's and conv_backward's routes;
+    activations, their convs taking conv_forward's routes and stacnas.fused.conv_chain_backward's;
   - MaxPoolNoIndices: a 3×3 max-pool that keeps no int64 indices;
   - avg_pool3x3: a 3×3 average pool (count_include_pad=False) as two 3-wide sums;
   - dropout: nn.Dropout keeping its mask as bool on CPUs (PyTorch keeps the float noise there).
@@ -31,78 +31,64 @@ def normalized(x, mean, var, eps):
     return F.batch_norm(x, mean, var, None, None, False, 0.0, eps)
 
 
-def activation(x, mean, var, eps):
-    """ReLU(x), or ReLU((x - mean) / sqrt(var + eps)) when statistics are given."""
-    return F.relu(x if mean is None else normalized(x, mean, var, eps))
-
-
 class ConvChain(torch.autograd.Function):
     """A chain of convolutions as DARTS' conv ops apply them up to their trailing BN, in one autograd node: each
     step is (conv, bn, relu): conv(ReLU(x)) when relu, conv(ReLU(bn(x))) with bn's statistics (sep_conv's middle
-    BatchNorm(affine=False)), or conv(x). It keeps each conv's input, not the activations (recomputed in backward);
-    with batch statistics the gradient flows through them as BatchNorm's does. `act` may hand in the first step's
-    activation already computed (ReLU(x), shared by several ops); it is not kept either. params: every conv's
-    weight and bias (when it has one), in order, so that autograd hands them their gradients. The BNs run as their
-    own forward would (batchnorm.normalize: their running statistics updated once, here)."""
+    BatchNorm(affine=False)), or conv(x). It keeps each conv's input, not the activations (recomputed in backward,
+    by stacnas.fused.conv_chain_backward); with batch statistics the gradient flows through them as BatchNorm's
+    does. `act` may hand in the first step's activation already computed (ReLU(x), shared by several ops); it is not
+    kept either. params: every conv's weight and bias (when it has one), in order, so that autograd hands them their
+    gradients. The BNs run as their own forward would (batchnorm.normalize: their running statistics updated once,
+    here)."""
 
     @staticmethod
     def forward(ctx, x, act, steps, backend, *params):
         z = x.to(steps[0][0].weight.dtype)  # under autocast a bfloat16 input (the stem's output): kept as used
-        inputs, stats = [], []
+        inputs, moments, ctx.training, ctx.eps = [], [], [], []
         for i, (conv, bn, relu) in enumerate(steps):
-            found = None
+            training = False
             if bn is not None:
-                normalized_z, *found = normalize(bn, z)
-                found.append(bn.eps)
+                normalized_z, mean, var, training = normalize(bn, z)
+                moments += [mean, var]
                 a = torch.relu(normalized_z)
             else:
                 a = (act if i == 0 and act is not None else F.relu(z)) if relu else z
             inputs.append(z)
-            stats.append(found)
+            ctx.training.append(training)
+            ctx.eps.append(bn.eps if bn is not None else 0.0)
             z = conv_forward(a, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
-        ctx.save_for_backward(*inputs, *(t for found in stats if found is not None for t in found[:2]))
-        ctx.steps, ctx.stats, ctx.backend = steps, [None if f is None else f[2:] for f in stats], backend
+        ctx.save_for_backward(*inputs, *moments)
+        ctx.steps, ctx.backend = steps, backend
         return z
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad):
-        saved = ctx.saved_tensors
-        inputs, moments = saved[:len(ctx.steps)], saved[len(ctx.steps):]
+        steps, saved = ctx.steps, ctx.saved_tensors
+        moments = iter(saved[len(steps):])
+        stats = [(next(moments), next(moments)) if bn is not None else (None, None) for _, bn, _ in steps]
         needs = iter(ctx.needs_input_grad[4:])  # per step: its weight, and its bias when it has one
-        wanted = [(next(needs), conv.bias is not None and next(needs)) for conv, _, _ in ctx.steps]
-        normalized_steps = [i for i, found in enumerate(ctx.stats) if found is not None]
-        grads = [None] * len(ctx.steps)
-        for i in reversed(range(len(ctx.steps))):
-            conv, _, relu = ctx.steps[i]
-            z, found = inputs[i], ctx.stats[i]
-            if found is not None:
-                m = normalized_steps.index(i)
-                mean, var = moments[2 * m], moments[2 * m + 1]
-                a = activation(z, mean, var, found[1])
-            else:
-                a = F.relu(z) if relu else z
-            need_input = i > 0 or ctx.needs_input_grad[0]
-            grad_a, grad_weight = conv_backward(grad, a, conv.weight, conv.stride, conv.padding, conv.dilation,
-                                                conv.groups, (need_input, wanted[i][0]), ctx.backend)
-            grads[i] = (grad_weight, bias_grad(grad, wanted[i][1])) if conv.bias is not None else (grad_weight,)
-            if need_input:
-                if found is not None:
-                    grad = fused.batch_norm_relu_backward(grad_a, z, mean, var, found[0], found[1], ctx.backend)
-                else:
-                    grad = torch.ops.aten.threshold_backward(grad_a, a, 0) if relu else grad_a
-        return (grad if ctx.needs_input_grad[0] else None, None, None, None, *(g for step in grads for g in step))
+        wanted = [(next(needs), conv.bias is not None and next(needs)) for conv, _, _ in steps]
+        grad_x, grad_weights, grad_biases = fused.conv_chain_backward(
+            grad, saved[:len(steps)], [conv.weight for conv, _, _ in steps], geometry(steps),
+            [relu for _, _, relu in steps], [m for m, _ in stats], [v for _, v in stats], ctx.training, ctx.eps,
+            ctx.needs_input_grad[0], [w for w, _ in wanted], [b for _, b in wanted], ctx.backend)
+        grads = [g for (conv, _, _), gw, gb in zip(steps, grad_weights, grad_biases)
+                 for g in ((gw, gb) if conv.bias is not None else (gw,))]
+        return (grad_x, None, None, None, *grads)
+
+
+def geometry(steps) -> list:
+    """stacnas.fused.conv_chain_backward's geometry of ConvChain's steps: each conv's stride, padding, dilation and
+    groups."""
+    return [v for conv, _, _ in steps
+            for v in (*pair(conv.stride), *pair(conv.padding), *pair(conv.dilation), conv.groups)]
 
 
 def conv_chain(steps, x, backend, act=None):
     """ConvChain's result for `steps` on x."""
     params = [p for conv, _, _ in steps for p in (conv.weight, conv.bias) if p is not None]
     return ConvChain.apply(x, act, steps, backend, *params)
-
-
-def bias_grad(grad, needed: bool):
-    """The gradient of a conv's bias: grad summed over every dimension but the channels."""
-    return grad.sum([d for d in range(grad.dim()) if d != 1]) if needed else None
 
 
 def _pointwise(x, weight, stride, padding, groups) -> bool:
@@ -129,43 +115,6 @@ def conv_forward(x, weight, bias, stride, padding, dilation, groups):
     else:
         y = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
     return y.to(weight.dtype)
-
-
-def conv_backward(grad, x, weight, stride, padding, dilation, groups, needs, backend=None):
-    """(grad_x, grad_weight) of F.conv2d(x, weight, None, stride, padding, dilation, groups), each only where `needs`
-    says. On CPUs the depthwise convs but the undilated 3×3 ones and the pointwise convs take other routes than
-    PyTorch's (equal to rounding): the depthwise filter gradient by stacnas.fused, the depthwise input gradient at
-    stride 1 as a forward conv of grad with the flipped filters, and the pointwise (1×1, stride 1) gradients as
-    matrix products."""
-    stride, padding, dilation = pair(stride), pair(padding), pair(dilation)
-    c_out, c_in_group, kh, kw = weight.shape
-    # PyTorch's own depthwise backward is fast for undilated 3×3 filters: there it computes both gradients in one call
-    if x.device.type == "cpu" and groups == x.shape[1] == c_out and c_in_group == 1 \
-            and not ((kh, kw) == (3, 3) and dilation == [1, 1]):
-        grad_x = grad_weight = None
-        if needs[0] and stride == [1, 1]:
-            flipped = [d * (k - 1) - p for d, k, p in zip(dilation, (kh, kw), padding)]
-            if min(flipped) >= 0:
-                grad_x = F.conv2d(grad, weight.flip(-2, -1), None, 1, flipped, dilation, groups)
-        if needs[1]:
-            grad_weight = fused.depthwise_conv2d_weight_grad(grad, x, [kh, kw], stride, padding, dilation, backend)
-        rest = [needs[0] and grad_x is None, needs[1] and grad_weight is None]
-        if any(rest):
-            found = torch.ops.aten.convolution_backward(grad, x, weight, None, stride, padding, dilation, False,
-                                                        [0, 0], groups, rest + [False])
-            grad_x = found[0] if rest[0] else grad_x
-            grad_weight = found[1] if rest[1] else grad_weight
-        return grad_x, grad_weight
-    if _pointwise(x, weight, stride, padding, groups):
-        n = x.shape[0]
-        g = grad.reshape(n, c_out, -1)
-        grad_x = torch.bmm(weight.reshape(1, c_out, -1).mT.expand(n, -1, -1), g).view(x.shape) if needs[0] else None
-        grad_weight = torch.bmm(g, x.reshape(n, x.shape[1], -1).transpose(1, 2)).sum(0).view(weight.shape) \
-            if needs[1] else None
-        return grad_x, grad_weight
-    found = torch.ops.aten.convolution_backward(grad, x, weight, None, stride, padding, dilation, False, [0, 0],
-                                                groups, [needs[0], needs[1], False])
-    return found[0], found[1]
 
 
 # ---- 3×3 pools -------------------------------------------------------------------------------------------------
