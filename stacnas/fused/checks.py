@@ -17,11 +17,11 @@ def _require(ok: bool, op: str, message) -> None:
 
 
 def _same_kind(t: torch.Tensor, like: torch.Tensor, op: str, name: str) -> None:
-    _require(isinstance(t, torch.Tensor), op, f"{name} must be a tensor")
-    _require(like.is_floating_point(), op, f"expects floating point tensors, got {like.dtype}")
+    _require(isinstance(t, torch.Tensor), op, lambda: f"{name} must be a tensor")
+    _require(like.is_floating_point(), op, lambda: f"expects floating point tensors, got {like.dtype}")
     _require(t.dtype == like.dtype and t.device == like.device, op,
-             f"{name} must have the input's dtype and device ({like.dtype} on {like.device}), got {t.dtype} on "
-             f"{t.device}")
+             lambda: f"{name} must have the input's dtype and device ({like.dtype} on {like.device}), got {t.dtype} "
+                     f"on {t.device}")
 
 
 def _channels(x: torch.Tensor) -> int:
@@ -33,7 +33,7 @@ def _statistics(stats, K: int, x0: torch.Tensor, op: str, names: str) -> None:
         _require(isinstance(t, torch.Tensor) and tuple(t.shape) == (K, _channels(x0)), op,
                  f"{names} must have shape (inputs, channels) = ({K}, {_channels(x0)})")
         _require(t.is_floating_point() and t.device == x0.device, op,
-                 f"{names} must be floating point, on the inputs' device")
+                 lambda: f"{names} must be floating point, on the inputs' device")
 
 
 def mixed_sum(x, w, normalize, running_mean, running_var, training, out=None) -> None:
@@ -41,10 +41,12 @@ def mixed_sum(x, w, normalize, running_mean, running_var, training, out=None) ->
     _require(len(x) > 0 and all(isinstance(t, torch.Tensor) for t in x), op, "needs a non-empty list of tensors")
     K = len(x)
     _require(isinstance(w, torch.Tensor) and w.dim() == 1 and w.shape[0] == K, op,
-             f"weights must be 1-D with one entry per input, got {tuple(getattr(w, 'shape', ()))} for {K} inputs")
-    _require(len(normalize) == K, op, f"normalize needs one flag per input, got {len(normalize)} for {K} inputs")
+             lambda: f"weights must be 1-D with one entry per input, got {tuple(getattr(w, 'shape', ()))} for {K} "
+                     "inputs")
+    _require(len(normalize) == K, op,
+             lambda: f"normalize needs one flag per input, got {len(normalize)} for {K} inputs")
     for t in x:
-        _require(t.shape == x[0].shape, op, f"all inputs must have the same shape, got {tuple(t.shape)} and "
+        _require(t.shape == x[0].shape, op, lambda: f"all inputs must have the same shape, got {tuple(t.shape)} and "
                                             f"{tuple(x[0].shape)}")
         _same_kind(t, x[0], op, "every input")
     _same_kind(w, x[0], op, "w")
@@ -54,7 +56,7 @@ def mixed_sum(x, w, normalize, running_mean, running_var, training, out=None) ->
         _statistics((running_mean, running_var), K, x[0], op, "running statistics")
     if out is not None:
         _same_kind(out, x[0], op, "out")
-        _require(out.shape == x[0].shape, op, f"out must have the inputs' shape {tuple(x[0].shape)}, got "
+        _require(out.shape == x[0].shape, op, lambda: f"out must have the inputs' shape {tuple(x[0].shape)}, got "
                                               f"{tuple(out.shape)}")
         _require(out.is_contiguous() or (out.dim() >= 2 and out[0].is_contiguous()
                                          and out.stride(0) >= out[0].numel()), op,
@@ -66,13 +68,14 @@ def mixed_sum_backward(grad, x, w, normalize, mean, var) -> None:
     mixed_sum(x, w, normalize, None, None, True)
     op = "mixed_sum_backward"
     _same_kind(grad, x[0], op, "grad")
-    _require(grad.shape == x[0].shape, op, f"grad shape {tuple(grad.shape)} differs from the inputs' "
+    _require(grad.shape == x[0].shape, op, lambda: f"grad shape {tuple(grad.shape)} differs from the inputs' "
                                            f"{tuple(x[0].shape)}")
     _statistics((mean, var), len(x), x[0], op, "mean and var")
 
 
 def batch_norm_stats(x) -> None:
-    _require(x.dim() >= 2, "batch_norm_stats", f"expects (N, C, ...) with at least 2 dimensions, got {tuple(x.shape)}")
+    _require(x.dim() >= 2, "batch_norm_stats",
+             lambda: f"expects (N, C, ...) with at least 2 dimensions, got {tuple(x.shape)}")
     _same_kind(x, x, "batch_norm_stats", "x")
 
 
@@ -80,11 +83,11 @@ def batch_norm_relu_backward(grad, x, mean, var) -> None:
     op = "batch_norm_relu_backward"
     batch_norm_stats(x)
     _same_kind(grad, x, op, "grad")
-    _require(grad.shape == x.shape, op, f"grad and x must have the same shape, got {tuple(grad.shape)} and "
+    _require(grad.shape == x.shape, op, lambda: f"grad and x must have the same shape, got {tuple(grad.shape)} and "
                                         f"{tuple(x.shape)}")
     for t in (mean, var):
         _require(t.dim() == 1 and t.shape[0] == x.shape[1], op,
-                 f"mean and var must hold one value per channel ({x.shape[1]}), got {tuple(t.shape)}")
+                 lambda: f"mean and var must hold one value per channel ({x.shape[1]}), got {tuple(t.shape)}")
         _require(t.is_floating_point() and t.device == x.device, op, "mean and var must be floating point, on x's "
                                                                      "device")
 
@@ -98,28 +101,28 @@ def _window_output(size: int, kernel: int, stride: int, padding: int, dilation: 
 def _window(op: str, input, result, kernel_size, stride, padding, dilation, name: str) -> None:
     """result (N, C, OH, OW) is what sliding the window over input (N, C, H, W) gives."""
     _require(input.dim() == 4 and result.dim() == 4 and result.shape[:2] == input.shape[:2], op,
-             f"expects 4-D input and {name} with the same batch and channels, got {tuple(input.shape)} and "
+             lambda: f"expects 4-D input and {name} with the same batch and channels, got {tuple(input.shape)} and "
              f"{tuple(result.shape)}")
     _require(all(len(v) == 2 for v in (kernel_size, stride, padding, dilation)), op,
              "kernel_size, stride, padding and dilation need two entries each")
     for i in range(2):
         _require(kernel_size[i] > 0 and stride[i] > 0 and dilation[i] > 0 and padding[i] >= 0, op,
-                 f"needs kernel_size, stride and dilation above 0 and padding at least 0, got {list(kernel_size)}, "
-                 f"{list(stride)}, {list(dilation)}, {list(padding)}")
+                 lambda: f"needs kernel_size, stride and dilation above 0 and padding at least 0, got "
+                         f"{list(kernel_size)}, {list(stride)}, {list(dilation)}, {list(padding)}")
         expected = _window_output(input.shape[2 + i], kernel_size[i], stride[i], padding[i], dilation[i])
         _require(result.shape[2 + i] == expected, op,
-                 f"{name} {tuple(result.shape)} is not what the window gives on {tuple(input.shape)} ({expected} "
-                 f"along dim {2 + i})")
+                 lambda: f"{name} {tuple(result.shape)} is not what the window gives on {tuple(input.shape)} "
+                         f"({expected} along dim {2 + i})")
 
 
 def max_pool2d_backward_from_output(grad, input, output, kernel_size, stride, padding) -> None:
     op = "max_pool2d_backward_from_output"
     _same_kind(output, input, op, "output")
     _same_kind(grad, input, op, "grad")
-    _require(grad.shape == output.shape, op, f"grad must be shaped like the output, got {tuple(grad.shape)} and "
-                                             f"{tuple(output.shape)}")
+    _require(grad.shape == output.shape, op,
+             lambda: f"grad must be shaped like the output, got {tuple(grad.shape)} and {tuple(output.shape)}")
     _require(all(2 * p <= k for p, k in zip(padding, kernel_size)), op,
-             f"padding must be at most half the kernel size, got {list(padding)} for {list(kernel_size)}")
+             lambda: f"padding must be at most half the kernel size, got {list(padding)} for {list(kernel_size)}")
     _window(op, input, output, kernel_size, stride, padding, [1, 1], "output")
 
 
