@@ -7,9 +7,8 @@
 // Step i computes out_i = conv_i(a_i) (+ bias_i), a_i = ReLU(z_i), ReLU((z_i - mean_i) / sqrt(var_i + eps_i)) or
 // z_i, where z_i = inputs[i] (z_0 the chain's input, z_{i+1} = out_i); grad is that of the last out. On CPUs the
 // depthwise and pointwise convs take faster routes than PyTorch's backward (equal to rounding):
-//   - depthwise, stride 1: the input gradient as a forward conv of grad with the flipped filters;
-//   - depthwise: PyTorch's filter gradient asked for alone (asked together with the input's, it is 1.5–9× slower,
-//     bimodally, as its allocations are), stacnas' kernel for dilated or non-3×3 filters;
+//   - depthwise, dilated or not 3×3 (PyTorch's backward is fast for the others): the input gradient at stride 1
+//     as a forward conv of grad with the flipped filters, the filter gradient by stacnas' kernel;
 //   - pointwise (1×1, stride 1, ungrouped, unpadded): both gradients as batched matrix products.
 #include <ATen/ATen.h>
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -63,6 +62,7 @@ std::pair<at::Tensor, at::Tensor> pytorchs(const at::Tensor& grad, const at::Ten
 std::pair<at::Tensor, at::Tensor> depthwise_backward(const at::Tensor& grad, const at::Tensor& x, const at::Tensor& w,
                                                      const Geometry& g, bool input, bool weight) {
   const int64_t kh = w.size(2), kw = w.size(3);
+  if (kh == 3 && kw == 3 && g.dilation[0] == 1 && g.dilation[1] == 1) return pytorchs(grad, x, w, g, input, weight);
   at::Tensor grad_x, grad_w;
   if (input && g.stride[0] == 1 && g.stride[1] == 1) {
     const std::array<int64_t, 2> flipped = {g.dilation[0] * (kh - 1) - g.padding[0],
@@ -70,10 +70,8 @@ std::pair<at::Tensor, at::Tensor> depthwise_backward(const at::Tensor& grad, con
     if (flipped[0] >= 0 && flipped[1] >= 0)
       grad_x = at::conv2d(grad, w.flip({-2, -1}), {}, 1, flipped, g.dilation, g.groups);
   }
-  const bool plain_3x3 = kh == 3 && kw == 3 && g.dilation[0] == 1 && g.dilation[1] == 1;
-  if (weight && !plain_3x3) grad_w = depthwise_conv2d_weight_grad(grad, x, {kh, kw}, g);
+  if (weight) grad_w = depthwise_conv2d_weight_grad(grad, x, {kh, kw}, g);
   if (input && !grad_x.defined()) grad_x = pytorchs(grad, x, w, g, true, false).first;
-  if (weight && !grad_w.defined()) grad_w = pytorchs(grad, x, w, g, false, true).second;
   return {grad_x, grad_w};
 }
 

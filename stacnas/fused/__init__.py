@@ -26,9 +26,9 @@ from .registry import (OPS, available_backends, default_backend, implementation,
 from .torch_backend import reference_mixed_sum
 
 __all__ = ["OPS", "available_backends", "batch_norm_relu_backward", "batch_norm_stats", "conv_chain_backward",
-           "default_backend",
-           "depthwise_conv2d_weight_grad", "max_pool2d_backward_from_output", "mixed_sum", "mixed_sum_backward",
-           "mixed_sum_into", "op_backends", "reference_mixed_sum", "resolve_backend", "unavailable"]
+           "default_backend", "depthwise_conv2d_weight_grad", "max_pool2d_backward_from_output", "mixed_sum",
+           "mixed_sum_backward", "mixed_sum_into", "op_backends", "reference_mixed_sum", "resolve_backend",
+           "unavailable"]
 
 
 def _run(op: str, backend: str | None, device: torch.device, *args):

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from .. import fused
+from ..fused.registry import implementation
 from .batchnorm import normalize
 
 
@@ -69,10 +70,14 @@ class ConvChain(torch.autograd.Function):
         stats = [(next(moments), next(moments)) if bn is not None else (None, None) for _, bn, _ in steps]
         needs = iter(ctx.needs_input_grad[4:])  # per step: its weight, and its bias when it has one
         wanted = [(next(needs), conv.bias is not None and next(needs)) for conv, _, _ in steps]
-        grad_x, grad_weights, grad_biases = fused.conv_chain_backward(
+        # the kernel itself, not fused.conv_chain_backward: these arguments are its own forward's, consistent by
+        # construction, so the dispatcher's Python checks (~20 µs a chain) would find nothing; a compiled op checks
+        # them again anyway
+        backward = implementation("conv_chain_backward", ctx.backend, grad.device)
+        grad_x, grad_weights, grad_biases = backward(
             grad, saved[:len(steps)], [conv.weight for conv, _, _ in steps], geometry(steps),
             [relu for _, _, relu in steps], [m for m, _ in stats], [v for _, v in stats], ctx.training, ctx.eps,
-            ctx.needs_input_grad[0], [w for w, _ in wanted], [b for _, b in wanted], ctx.backend)
+            ctx.needs_input_grad[0], [w for w, _ in wanted], [b for _, b in wanted])
         grads = [g for (conv, _, _), gw, gb in zip(steps, grad_weights, grad_biases)
                  for g in ((gw, gb) if conv.bias is not None else (gw,))]
         return (grad_x, None, None, None, *grads)
