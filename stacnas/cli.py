@@ -304,8 +304,9 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--force", action="store_true", help="overwrite --out if it exists")
     q.set_defaults(func=_cmd_bench_supernet, config_fields=add_arguments(q, BenchConfig))
     q = bench.add_parser("search", help="does each method find good cells, and the same ones from seed to seed?",
-                         description="For each method (stacnas, darts, darts-first, random) and seed: search, then "
-                                     "train the found cell with one proxy recipe. Writes OUT/results.json, "
+                         description="For each method (stacnas, darts, darts-first, random; darts-es when asked "
+                                     "for) and seed: search, then train the found cell with one proxy recipe. Writes "
+                                     "OUT/results.json, "
                                      "OUT/results.md (test accuracy mean ± std, parameters, search time and memory, "
                                      "stability across seeds, share of parameter-free ops, op histogram) and "
                                      "OUT/comparison.html; a finished (method, seed) is never redone, so an "

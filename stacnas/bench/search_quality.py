@@ -1,11 +1,11 @@
 """The search-quality benchmark (`stacnas bench search`, benchmarks/search_quality.py): does a method find good
 cells, and the same ones from seed to seed?
 
-For each method (StacNAS, DARTS second and first order, a random cell) and seed: search, then train the found cell
-from scratch with one fixed proxy recipe, on the same dataset and split. Per method: the trained cells' test
-accuracy (last epoch; mean ± std over seeds), parameters, search time and peak memory, stability (the mean over
-seed pairs of the share of identical (op, input) pairs of the two cells) and the share of parameter-free ops in
-the found cells (DARTS' collapse indicator), with the op histogram. Every (method, seed) is a pipeline folder
+For each method (StacNAS, DARTS second and first order, DARTS-ES when asked for, a random cell) and seed: search,
+then train the found cell from scratch with one fixed proxy recipe, on the same dataset and split. Per method: the
+trained cells' test accuracy (last epoch; mean ± std over seeds), parameters, search time and peak memory,
+stability (the mean over seed pairs of the share of identical (op, input) pairs of the two cells) and the share of
+parameter-free ops in the found cells (DARTS' collapse indicator), with the op histogram. Every (method, seed) is a pipeline folder
 OUT/<method>/seed<k>/{search,train} (`stacnas report` reads it), each run in a process of its own (its peak memory
 is its own); a finished pair is never redone, an interrupted one resumes from its checkpoints.
 """
@@ -33,7 +33,10 @@ from ..train import TrainConfig
 
 # a benchmark method -> the search options that make it
 METHODS = {"stacnas": {"method": "stacnas", "order": "auto"}, "darts": {"method": "darts", "order": "second"},
-           "darts-first": {"method": "darts", "order": "first"}, "random": {"method": "random"}}
+           "darts-first": {"method": "darts", "order": "first"},
+           "darts-es": {"method": "darts", "order": "first", "early_stop": True}, "random": {"method": "random"}}
+# DARTS-ES evaluates the Hessian eigenvalue every epoch (or every --hessian-every): compared when asked for
+DEFAULT_METHODS = ("stacnas", "darts", "darts-first", "random")
 PARAMETER_FREE = {"none", "noise", "max_pool_3x3", "avg_pool_3x3", "skip_connect"}
 # options that do not change a pair's results: a resumed benchmark may change them
 FREE = {"methods", "seeds", "device", "workers", "first_seed"}
@@ -41,7 +44,8 @@ FREE = {"methods", "seeds", "device", "workers", "first_seed"}
 
 @dataclass
 class QualityConfig:
-    methods: tuple = option(tuple(METHODS), "methods to compare", "benchmark", choices=list(METHODS), nargs="+")
+    methods: tuple = option(DEFAULT_METHODS, "methods to compare (darts-es: DARTS first order with --early-stop)",
+                            "benchmark", choices=list(METHODS), nargs="+")
     seeds: int = option(3, "independent search-and-train runs per method (seeds first-seed, first-seed + 1, ...)",
                         "benchmark", at_least=1)
     first_seed: int = option(0, "the first seed", "benchmark", at_least=0, at_most=SEED_MAX)

@@ -83,6 +83,11 @@ class EpochLoop:
         time.time() at its start."""
         raise NotImplementedError
 
+    def stopped(self) -> bool:
+        """Whether the loop ends before its last epoch (an early stop; decided in end_epoch, from checkpointed state
+        so that a resumed run ends where the uninterrupted one did)."""
+        return False
+
     # ---- the loop ----
     def run(self, resume: bool) -> dict | None:
         """The epochs left (all, or from the checkpoint when resuming). Returns the last epoch's record."""
@@ -91,7 +96,7 @@ class EpochLoop:
             self.metrics.trim(self.stage, epoch)
         record = None
         with _stop_requests() as stop:
-            while epoch < self.epochs:
+            while epoch < self.epochs and not self.stopped():
                 started = time.time()
                 self.begin_epoch(epoch)
                 total = self._batches(epoch, step, sums, stop)

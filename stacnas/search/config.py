@@ -75,6 +75,10 @@ class SearchConfig:
                                   at_least=1)
     hessian_steps: int = option(20, "Lanczos steps (each a double backward over those batches) per eigenvalue",
                                 "analysis", at_least=1)
+    early_stop: bool = option(False, "DARTS-ES (RobustDARTS): stop a stage once the eigenvalue's local average "
+                                     "grew by 1.3x over 4 evaluations (not before epoch 10) and keep the α of the "
+                                     "epoch before the growth; evaluates every epoch unless --hessian-every says "
+                                     "otherwise", "analysis")
     checkpoint_every: int = option(0, "also checkpoint every this many steps (0: at the end of every epoch only)",
                                    "run", at_least=0)
     tensorboard: bool = option(False, "also log the metrics (and at the end the figures) for TensorBoard in "
@@ -99,6 +103,10 @@ class SearchConfig:
         if self.amp == "fp16" and self.resolved_order() == "second":
             raise UsageError("--amp fp16 does not combine with second-order search (its finite-difference Hessian-vector "
                              "product is not gradient-scaled); use --amp bf16 or --order first")
+
+    def hessian_interval(self) -> int:
+        """Every how many epochs the Hessian eigenvalue is evaluated (0: never)."""
+        return self.hessian_every or (1 if self.early_stop else 0)
 
     def resolved_order(self) -> str:
         if self.order != "auto":

@@ -14,6 +14,7 @@ from ..runtime.epochs import EpochLoop
 from ..runtime.metrics import MetricsLog, peak_memory
 from . import hessian, steps
 from .config import SearchConfig
+from .early_stop import EarlyStop
 
 
 @dataclass
@@ -73,9 +74,11 @@ class SupernetTraining(EpochLoop):
         w_opt, a_opt, schedule = self.opts
         amp = run.cfg.amp
         self.amp = steps.Precision(lambda: precision.autocast(amp, run.device), precision.grad_scaler(amp, run.device))
-        super().__init__(stage=stage, checkpoint_path=run.out / stage / "checkpoint.pt",
-                         stateful={"model": model, "w_opt": w_opt, "a_opt": a_opt, "schedule": schedule,
-                                   "scaler": self.amp.scaler},
+        stateful = {"model": model, "w_opt": w_opt, "a_opt": a_opt, "schedule": schedule, "scaler": self.amp.scaler}
+        self.early_stop = EarlyStop(run.cfg.hessian_interval()) if run.cfg.early_stop else None
+        if self.early_stop is not None:
+            stateful["early_stop"] = self.early_stop
+        super().__init__(stage=stage, checkpoint_path=run.out / stage / "checkpoint.pt", stateful=stateful,
                          ctx=run.ctx, device=run.device, loaders=run.loaders, metrics=run.metrics(model.edge_ops), epochs=epochs,
                          checkpoint_every=run.cfg.checkpoint_every, config_hash=run.config_hash)
 
@@ -123,11 +126,29 @@ class SupernetTraining(EpochLoop):
         if self.order != "one-level":
             record["val_loss"] = total[3] / max(total[4], 1.0)
             details += f" val loss {record['val_loss']:.4f}"
-        every = self.search_run.cfg.hessian_every
+        every = self.search_run.cfg.hessian_interval()
         if every and (epoch + 1) % every == 0:
             record["hessian_eigenvalue"] = self._hessian_eigenvalue()
             details += f" Hessian λmax {record['hessian_eigenvalue']:.4g}"
+            if self.early_stop is not None and self._stops(record):
+                details += f"; DARTS-ES stops here, keeping epoch {record['early_stop_kept_epoch']}'s α"
         return record, f"{details} lr {record['lr']:.4g}"
+
+    def _stops(self, record: dict) -> bool:
+        """DARTS-ES after this epoch's evaluation: when it stops, the supernet's α become the kept epoch's (its
+        softmax the same; the weights stay the last epoch's) and the record says which epoch that was."""
+        kept = self.early_stop.update(record["epoch"], record["hessian_eigenvalue"], record["alpha_softmax"])
+        if kept is None:
+            return False
+        with torch.no_grad():
+            for cell_type, alpha in zip(CELL_TYPES, self.model.alphas()):
+                softmax = torch.tensor(self.early_stop.alphas[kept][cell_type], dtype=alpha.dtype, device=alpha.device)
+                alpha.copy_(torch.where(softmax > 0, softmax.log(), torch.zeros_like(softmax)))  # 0: masked ops
+        record["early_stop_kept_epoch"] = kept
+        return True
+
+    def stopped(self) -> bool:
+        return self.early_stop is not None and self.early_stop.kept is not None
 
 
 def train_supernet(run: Run, stage: str, model, epochs: int, order: str):
