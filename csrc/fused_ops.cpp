@@ -305,16 +305,16 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> mixed_sum_backward_cpu(
       for (int64_t c = c0; c < c1; ++c) {
         for (int64_t n = 0; n < s.outer; ++n) {
           const int64_t base = (n * C + c) * s.inner;
-          acc_t sg = 0;
+          double sg = 0;
           _Pragma("omp simd reduction(+ : sg)")
-          for (int64_t i = 0; i < s.inner; ++i) sg += static_cast<acc_t>(g[base + i]);
-          Sp[c] += static_cast<double>(sg);
+          for (int64_t i = 0; i < s.inner; ++i) sg += static_cast<double>(g[base + i]);
+          Sp[c] += sg;
           for (int64_t k = 0; k < K; ++k) {
             const scalar_t* xk = src[k] + base;
-            acc_t t = 0;
+            double t = 0;
           _Pragma("omp simd reduction(+ : t)")
-            for (int64_t i = 0; i < s.inner; ++i) t += static_cast<acc_t>(g[base + i]) * static_cast<acc_t>(xk[i]);
-            Tp[k * C + c] += static_cast<double>(t);
+            for (int64_t i = 0; i < s.inner; ++i) t += static_cast<double>(g[base + i]) * static_cast<double>(xk[i]);
+            Tp[k * C + c] += t;
           }
         }
       }
