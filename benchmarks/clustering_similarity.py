@@ -4,7 +4,9 @@ defaults of `--clusters auto`.
 One warm-up supernet over the space's ops (the search's `cluster` stage) is trained for the largest of --epochs;
 after each of them the ops' outputs on a fixed set of training images are compared in every way stacnas offers:
 correlation with one mean per op (element) or per feature position (sample, StacNAS' reference), and linear CKA
-over channels, each on the ops' outputs and before their trailing BatchNorm. Writes OUT.json (every record: the
+over channels, each on the ops' outputs and before their trailing BatchNorm; and the correlation of the ops'
+α-gradients across mini-batches (gradient: how they compete for α, one observation per batch of the compared
+images). --statistics picks some of them. Writes OUT.json (every record: the
 matrices, the linkage, the clusters at the cut and whether they are the published ones), OUT.md (the key pairs per
 epoch and measure) and OUT.png (those pairs over the epochs, one panel per measure).
 
@@ -16,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from stacnas.errors import StacnasError
+from stacnas.errors import StacnasError, UsageError
 from stacnas.files import write_bytes, write_text
 from stacnas.names import CLUSTER_STATISTICS, SIMILARITY_NAME
 from stacnas.ops import short_name
@@ -27,7 +29,9 @@ from stacnas.search.run import run_similarity_study
 PAIRS = [("max_pool_3x3", "avg_pool_3x3"), ("avg_pool_3x3", "skip_connect"), ("sep_conv_3x3", "sep_conv_5x5"),
          ("dil_conv_3x3", "dil_conv_5x5"), ("sep_conv_3x3", "dil_conv_3x3"), ("sep_conv_5x5", "dil_conv_5x5"),
          ("max_pool_3x3", "sep_conv_3x3")]
-VARIANTS = [(statistic, before_bn) for before_bn in (False, True) for statistic in CLUSTER_STATISTICS]
+# before_bn: not for the gradient statistic (an op's α-gradient is taken on its output)
+VARIANTS = [(statistic, before_bn) for before_bn in (False, True) for statistic in CLUSTER_STATISTICS
+            if not (before_bn and statistic == "gradient")]
 
 
 def variant_name(record) -> str:
@@ -81,6 +85,8 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs", default="2,5,10,20,40", help="warm-up epochs at which to measure")
     parser.add_argument("--preset", default="quick", help="search preset (channels, cells, batch size)")
     parser.add_argument("--cluster-images", type=int, default=500, help="images whose op outputs are compared")
+    parser.add_argument("--statistics", default=",".join(CLUSTER_STATISTICS),
+                        help="the measures compared, comma-separated (each also before BN, but gradient)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", required=True, help="path stem of the .json, .md and .png written")
     parser.add_argument("--run-dir", default="runs/clustering-similarity", help="the warm-up's run folder")
@@ -91,7 +97,12 @@ def main(argv=None) -> int:
                       {"dataset": args.dataset, "data_root": args.data_root, "limit": args.limit, "seed": args.seed,
                        "cluster_images": args.cluster_images, "cluster_epochs": max(milestones)})
         out = Path(args.out)
-        records = run_similarity_study(cfg, args.run_dir, milestones, VARIANTS, force=True)
+        chosen = args.statistics.split(",")
+        unknown = sorted(set(chosen) - set(CLUSTER_STATISTICS))
+        if unknown:
+            raise UsageError(f"--statistics: unknown {', '.join(unknown)}; choose from {', '.join(CLUSTER_STATISTICS)}")
+        records = run_similarity_study(cfg, args.run_dir, milestones, [v for v in VARIANTS if v[0] in chosen],
+                                       force=True)
     except StacnasError as err:
         print(f"clustering_similarity: error: {err}", file=sys.stderr)
         return err.exit_code

@@ -20,8 +20,9 @@ ORDERS = ("auto", "one-level", "first", "second")
 
 # How operator clustering compares op outputs (stacnas.search.clustering): correlation centred per op or per
 # feature position, or linear CKA over channels.
-CLUSTER_STATISTICS = ("element", "sample", "cka")
-SIMILARITY_NAME = {"element": "|corr|", "sample": "|corr|", "cka": "CKA"}  # in reports and figures
+CLUSTER_STATISTICS = ("element", "sample", "cka", "gradient")
+SIMILARITY_NAME = {"element": "|corr|", "sample": "|corr|", "cka": "CKA",
+                   "gradient": "|corr| of α-gradients"}  # in reports and figures
 
 # Mixed precision (`--amp`, stacnas.runtime.precision): autocast to bfloat16 or float16 (fp16 with a gradient scaler).
 AMP_MODES = ("none", "bf16", "fp16")

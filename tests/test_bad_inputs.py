@@ -86,6 +86,8 @@ CASES = {
     "validation fraction 1.5": (["search", "--val-fraction", "1.5"], ["val-fraction must be below 1"]),
     "bi-level without validation": (["search", "--order", "second", "--val-fraction", "0"],
                                     ["val-fraction must be above 0 for bi-level"]),
+    "gradient statistic before BN": (["search", "--clusters", "auto", "--cluster-statistic", "gradient",
+                                      "--cluster-before-bn"], ["does not apply to --cluster-statistic gradient"]),
     "device mps": (["search", "--device", "mps"], ["device 'mps'"]),
     "device cuda:x": (["search", "--device", "cuda:x"], ["device 'cuda:x'"]),
     "old kernel backend name": (["search", "--kernels", "reference"], ["invalid choice: 'reference'"]),

@@ -7,7 +7,9 @@ of that op, so an edge with K ops gives a stream of K-vectors; their K×K covari
 with Chan's parallel update in float64 (no outputs stored), turned into a correlation matrix per edge, and
 averaged per cell type and overall. The `sample` statistic is StacNAS' reference's instead: each sample's output
 is one observation, each feature position centred by its own mean over the samples, the products summed over
-positions. Ops are clustered by average-linkage hierarchical clustering on the
+positions. The `gradient` statistic measures competition instead of output similarity (the paper's argument: similar
+ops compete for α): the correlation, across mini-batches, of the ops' α-gradients on an edge. Ops are clustered by
+average-linkage hierarchical clustering on the
 distance 1 − |corr|. `none` (all zeros) and `noise` (independent of the input) have no meaningful correlation:
 they always stand alone (`none` is added to every edge by the search, `noise` becomes its own cluster).
 """
@@ -18,9 +20,11 @@ import math
 import numpy as np
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ..names import CELL_TYPES, SIMILARITY_NAME
 from ..nn import MixedOp
+from ..nn.batchnorm import frozen_running_stats
 from ..ops import short_name
 from ..spaces import Clusters
 
@@ -121,6 +125,59 @@ def recorded_edges(num_edges: int) -> tuple[int, int]:
     return 0, num_edges - 1
 
 
+def _recorded(model):
+    """(cell type, MixedOp, indices of its clustered ops) for every recorded edge with at least two of them."""
+    found = []
+    for cell in model.cells:
+        for e in recorded_edges(len(cell._ops)):
+            mixed: MixedOp = cell._ops[e]
+            ops = [k for k, name in enumerate(mixed.primitives) if name not in ALONE]
+            if len(ops) >= 2:
+                found.append(("reduce" if cell.reduction else "normal", mixed, ops))
+    return found
+
+
+def record_gradient_correlations(model, images: torch.Tensor, labels: torch.Tensor, batch_size: int, device,
+                                 seed: int = 0) -> dict:
+    """The `gradient` statistic: how the ops of an edge compete for α. On each mini-batch of the fixed images the
+    gradient of the training loss w.r.t. each op's weight on the edge, ∂L/∂w_k = <∂L/∂m, o_k> (m = sum_k w_k o_k
+    the edge's output, o_k op k's), is one observation: one K-vector a mini-batch, correlated over the mini-batches.
+    The supernet runs as in a search step (reference mode, BN on batch statistics) but changes nothing: no gradient
+    accumulated, no running statistic updated, its random numbers (`noise`) from their own seed. Same result layout
+    as record_correlations."""
+    was_mode, was_training = model.mode, model.training
+    model.set_mode("reference")
+    model.train()
+    edges, hooks = [], []
+    for cell_type, mixed, ops in _recorded(model):
+        seen = {}
+        edges.append((cell_type, tuple(mixed.primitives[k] for k in ops), CovarianceAccumulator(len(ops)), seen,
+                      ops))
+        hooks.append(mixed.register_forward_hook(lambda _, args, out, seen=seen: seen.__setitem__("mixed", out)))
+        for k in ops:
+            hooks.append(mixed._ops[k].register_forward_hook(
+                lambda _, args, out, seen=seen, k=k: seen.__setitem__(k, out.detach())))
+    devices = [device] if torch.device(device).type == "cuda" else []
+    try:
+        with frozen_running_stats(model), torch.random.fork_rng(devices=devices):
+            torch.manual_seed(seed)
+            for start in range(0, len(images), batch_size):
+                x, y = images[start:start + batch_size].to(device), labels[start:start + batch_size].to(device)
+                loss = F.cross_entropy(model(x), y)
+                grads = torch.autograd.grad(loss, [seen["mixed"] for _, _, _, seen, _ in edges])
+                for (_, _, acc, seen, ops), g in zip(edges, grads):
+                    acc.update(torch.stack([(g * seen[k]).sum() for k in ops])[None])
+    finally:
+        for h in hooks:
+            h.remove()
+        model.set_mode(was_mode, model.kernels)
+        model.train(was_training)
+    result = {t: [] for t in CELL_TYPES}
+    for cell_type, names, acc, _, _ in edges:
+        result[cell_type].append((names, acc.correlation()))
+    return result
+
+
 @torch.no_grad()
 def record_correlations(model, images: torch.Tensor, batch_size: int, device, statistic: str = "element",
                         before_bn: bool = False) -> dict:
@@ -145,16 +202,10 @@ def record_correlations(model, images: torch.Tensor, batch_size: int, device, st
             acc.update(_observations([tap(args[0]) for tap in taps], statistic))
         return hook
 
-    for cell in model.cells:
-        cell_type = "reduce" if cell.reduction else "normal"
-        for e in recorded_edges(len(cell._ops)):
-            mixed: MixedOp = cell._ops[e]
-            ops = [k for k, name in enumerate(mixed.primitives) if name not in ALONE]
-            if len(ops) < 2:
-                continue
-            acc = CKAAccumulator(len(ops)) if statistic == "cka" else CovarianceAccumulator(len(ops))
-            accumulators.append((cell_type, tuple(mixed.primitives[k] for k in ops), acc))
-            hooks.append(mixed.register_forward_pre_hook(record(acc, ops, mixed)))
+    for cell_type, mixed, ops in _recorded(model):
+        acc = CKAAccumulator(len(ops)) if statistic == "cka" else CovarianceAccumulator(len(ops))
+        accumulators.append((cell_type, tuple(mixed.primitives[k] for k in ops), acc))
+        hooks.append(mixed.register_forward_pre_hook(record(acc, ops, mixed)))
     try:
         for start in range(0, len(images), batch_size):
             model(images[start:start + batch_size].to(device))
@@ -226,10 +277,14 @@ def pick_representatives(groups, rule: str, alpha: dict[str, float]) -> list[str
 
 
 def build_clusters(model, images, batch_size, device, ops, threshold, count, rule, statistic="element",
-                   before_bn=False):
-    """The whole clustering of a warmed-up supernet: (Clusters, report for clusters.json)."""
+                   before_bn=False, labels=None, seed=0):
+    """The whole clustering of a warmed-up supernet: (Clusters, report for clusters.json). The `gradient` statistic
+    needs the images' labels (and draws `noise` from `seed`)."""
     clustered = [op for op in ops if op not in ALONE]
-    per_type = record_correlations(model, images, batch_size, device, statistic, before_bn)
+    if statistic == "gradient":
+        per_type = record_gradient_correlations(model, images, labels, batch_size, device, seed)
+    else:
+        per_type = record_correlations(model, images, batch_size, device, statistic, before_bn)
     matrices = {t: average_correlation(per_type[t], clustered) for t in CELL_TYPES}
     overall = average_correlation(per_type["normal"] + per_type["reduce"], clustered)
     groups, Z = cluster_ops(overall, clustered, threshold, count) if clustered else ([], None)
@@ -250,6 +305,7 @@ def build_clusters(model, images, batch_size, device, ops, threshold, count, rul
         "representative_rule": rule,
         "mean_alpha_after_warmup": alpha,
         "images": len(images),
+        **({"observations": -(-len(images) // batch_size)} if statistic == "gradient" else {}),
         "edges_recorded": {t: len(per_type[t]) for t in per_type},
         "correlation": {"mean": _listed(overall), "normal": _listed(matrices["normal"]),
                         "reduce": _listed(matrices["reduce"])},

@@ -53,8 +53,9 @@ class SearchConfig:
                                 "clustering", at_least=0)
     cluster_statistic: str = option("element", "similarity of op outputs: element (correlation, every output "
                                                "element an observation), sample (correlation as StacNAS' reference: "
-                                               "an observation per image, a mean per feature position) or cka "
-                                               "(linear CKA over channels)", "clustering",
+                                               "an observation per image, a mean per feature position), cka "
+                                               "(linear CKA over channels) or gradient (correlation of the ops' "
+                                               "α-gradients across mini-batches: how they compete)", "clustering",
                                     choices=list(CLUSTER_STATISTICS))
     cluster_before_bn: bool = option(False, "compare the op outputs before their trailing BatchNorm", "clustering")
     cluster_representative: str = option("alpha", "representative of a cluster: alpha (highest mean softmax weight "
@@ -100,6 +101,9 @@ class SearchConfig:
             tensorboard.check_available()
         if self.resolved_order() != "one-level" and self.val_fraction == 0:
             raise UsageError("val-fraction must be above 0 for bi-level search (first or second order), got 0")
+        if self.cluster_statistic == "gradient" and self.cluster_before_bn:
+            raise UsageError("--cluster-before-bn does not apply to --cluster-statistic gradient (an op's α-gradient "
+                             "is taken on its output); leave one of them out")
         if self.amp == "fp16" and self.resolved_order() == "second":
             raise UsageError("--amp fp16 does not combine with second-order search (its finite-difference Hessian-vector "
                              "product is not gradient-scaled); use --amp bf16 or --order first")

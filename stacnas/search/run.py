@@ -55,12 +55,13 @@ def _stage(run: Run, name: str, space: SearchSpace, layers: int, epochs: int, or
     return model
 
 
-def _cluster_images(cfg: SearchConfig) -> torch.Tensor:
-    """The fixed, seeded set of training images (no augmentation) whose op outputs are recorded."""
+def _cluster_images(cfg: SearchConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """The fixed, seeded set of training images (no augmentation) whose op outputs are recorded, and their labels."""
     train, _, _ = datasets(cfg.dataset, cfg.data_root, augment=False, download=cfg.download)
     n = min(cfg.cluster_images, len(train), cfg.limit or len(train))
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(cfg.seed + 17))[:n]
-    return torch.stack([train[int(i)][0] for i in order])
+    samples = [train[int(i)] for i in order]
+    return torch.stack([x for x, _ in samples]), torch.tensor([int(y) for _, y in samples])
 
 
 def auto_clusters(run: Run, space: SearchSpace) -> Clusters:
@@ -72,10 +73,11 @@ def auto_clusters(run: Run, space: SearchSpace) -> Clusters:
         if report.get("config_hash") == run.config_hash:
             return Clusters.from_dict(report, str(path))
     model = _stage(run, "cluster", space, cfg.cluster_layers, cfg.cluster_epochs, "one-level")
-    clusters, report = clustering.build_clusters(model, _cluster_images(cfg), cfg.batch_size, run.device, space.ops(),
+    images, labels = _cluster_images(cfg)
+    clusters, report = clustering.build_clusters(model, images, cfg.batch_size, run.device, space.ops(),
                                                  cfg.cluster_threshold, cfg.cluster_count or None,
                                                  cfg.cluster_representative, cfg.cluster_statistic,
-                                                 cfg.cluster_before_bn)
+                                                 cfg.cluster_before_bn, labels, cfg.seed)
     if run.ctx.is_main:
         files.write_text(path, json.dumps({**report, "config_hash": run.config_hash}, indent=2) + "\n")
         print(clustering.render_report(report), flush=True)
@@ -229,7 +231,7 @@ def run_similarity_study(cfg: SearchConfig, out_dir: str, milestones: list[int],
     rate follows one cosine schedule over max(milestones) epochs (a shorter warm-up would have annealed it)."""
     space = _checked_space(cfg)
     run = _start(cfg, out_dir, force, resume=False, bilevel_split=False)
-    images, records = _cluster_images(cfg), []
+    (images, labels), records = _cluster_images(cfg), []
     paper = {frozenset(g) for g in PAPER_CLUSTERS.restricted_to(space.ops()).groups}
 
     class Measured(SupernetTraining):
@@ -239,7 +241,8 @@ def run_similarity_study(cfg: SearchConfig, out_dir: str, milestones: list[int],
                 for statistic, before_bn in variants:
                     clusters, report = clustering.build_clusters(
                         self.model, images, cfg.batch_size, run.device, space.ops(), cfg.cluster_threshold,
-                        cfg.cluster_count or None, cfg.cluster_representative, statistic, before_bn)
+                        cfg.cluster_count or None, cfg.cluster_representative, statistic, before_bn, labels,
+                        cfg.seed)
                     records.append({"epochs": epoch + 1, **report,
                                     "paper_groups": {frozenset(g) for g in clusters.groups} == paper})
             return logged
