@@ -125,6 +125,19 @@ void check_step(int64_t i, const at::Tensor& z, const at::Tensor& w, const at::T
               " is not what the conv gives on ", z.sizes(), " (", at::IntArrayRef(expected), ")");
 }
 
+// A step's BN statistics: both or neither, one value per input channel.
+void check_statistics(int64_t i, const at::Tensor& z, const std::optional<at::Tensor>& mean,
+                      const std::optional<at::Tensor>& var) {
+  const bool normalized = mean.has_value() && mean->defined();
+  TORCH_CHECK(normalized == (var.has_value() && var->defined()), "conv_chain_backward: step ", i,
+              " needs both mean and var, or neither");
+  if (!normalized) return;
+  for (const at::Tensor* t : {&*mean, &*var})
+    TORCH_CHECK(t->dim() == 1 && t->size(0) == z.size(1) && t->is_floating_point() && t->device() == z.device(),
+                "conv_chain_backward: step ", i, ": mean and var must hold one value per input channel (", z.size(1),
+                "), on its device");
+}
+
 }  // namespace
 
 using MaybeTensors = std::vector<std::optional<at::Tensor>>;
@@ -146,21 +159,16 @@ std::tuple<std::optional<at::Tensor>, MaybeTensors, MaybeTensors> conv_chain_bac
               kGeometry, " numbers per step (stride, padding, dilation, groups), got ", geometry.size(), " for ", L);
   TORCH_CHECK(grad_in.is_floating_point(), "conv_chain_backward: expects floating point tensors, got ",
               grad_in.scalar_type());
-  for (int64_t i = 0; i < L; ++i)
+  for (int64_t i = 0; i < L; ++i) {
     check_step(i, inputs[i], weights[i], i + 1 < L ? inputs[i + 1] : grad_in, geometry_of(geometry, i));
+    check_statistics(i, inputs[i], mean.get(i), var.get(i));
+  }
   MaybeTensors grad_weights(L), grad_biases(L);
   at::Tensor grad = grad_in;
   for (int64_t i = L - 1; i >= 0; --i) {
     const at::Tensor& z = inputs[i];
     const auto step_mean = mean.get(i), step_var = var.get(i);
     const bool normalized = step_mean.has_value() && step_mean->defined();
-    TORCH_CHECK(normalized == (step_var.has_value() && step_var->defined()),
-                "conv_chain_backward: step ", i, " needs both mean and var, or neither");
-    if (normalized)
-      for (const at::Tensor* t : {&*step_mean, &*step_var})
-        TORCH_CHECK(t->dim() == 1 && t->size(0) == z.size(1) && t->is_floating_point() && t->device() == z.device(),
-                    "conv_chain_backward: step ", i, ": mean and var must hold one value per input channel (",
-                    z.size(1), "), on its device");
     at::Tensor a = z;
     if (normalized)
       a = at::relu(at::batch_norm(z, {}, {}, *step_mean, *step_var, false, 0.0, eps[i], false));

@@ -56,7 +56,7 @@ def growing_eigenvalue(monkeypatch):
     (the average of epochs 12-16 against that of 8-12, which stands for epoch 10, the start epoch), keeping epoch
     10's α."""
     def eigenvalue(self):
-        epoch = len(self.early_stop.evaluations) + 1 if self.early_stop is not None else 0
+        self.evaluated = epoch = getattr(self, "evaluated", 0) + 1  # one evaluation an epoch
         return 1.0 if epoch < 8 else 2.0 ** (epoch - 7)
     monkeypatch.setattr(SupernetTraining, "_hessian_eigenvalue", eigenvalue)
 
@@ -84,6 +84,7 @@ def test_without_early_stop_the_same_eigenvalues_run_every_epoch(tmp_path, growi
     run_search(SearchConfig(**TINY, hessian_every=1), str(tmp_path / "plain"))
     records = _records(tmp_path / "plain")
     assert len(records) == 18 and all("early_stop_kept_epoch" not in r for r in records)
+    assert [r["hessian_eigenvalue"] for r in records][6:9] == [1.0, 2.0, 4.0]  # growing as in the stopped search
 
 
 def test_a_search_interrupted_after_the_stop_resumes_to_the_same_cell(tmp_path, growing_eigenvalue, monkeypatch):

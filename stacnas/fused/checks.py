@@ -31,7 +31,7 @@ def _channels(x: torch.Tensor) -> int:
 def _statistics(stats, K: int, x0: torch.Tensor, op: str, names: str) -> None:
     for t in stats:
         _require(isinstance(t, torch.Tensor) and tuple(t.shape) == (K, _channels(x0)), op,
-                 f"{names} must have shape (inputs, channels) = ({K}, {_channels(x0)})")
+                 lambda: f"{names} must have shape (inputs, channels) = ({K}, {_channels(x0)})")
         _require(t.is_floating_point() and t.device == x0.device, op,
                  lambda: f"{names} must be floating point, on the inputs' device")
 

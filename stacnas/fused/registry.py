@@ -143,8 +143,9 @@ def default_backend() -> str:
 
 def constant_under_compile(fn):
     """torch.compiler.assume_constant_result(fn) without importing torch._dynamo, which that call does (1.3 s at
-    import; a process that builds no optimizer, `stacnas --help` or `info`, never needs it): the mark it sets (tests/test_fused.py checks that it still is the one). Under torch.compile,
-    dynamo then runs fn at trace time and keeps its result (it cannot trace the imports these functions make)."""
+    import; a process that builds no optimizer, `stacnas --help` or `info`, never needs it): the mark it sets
+    (tests/test_fused.py checks that it still is the one). Under torch.compile, dynamo then runs fn at trace time
+    and keeps its result (it cannot trace the imports these functions make)."""
     fn._dynamo_marked_constant = True
     return fn
 

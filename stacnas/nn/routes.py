@@ -71,8 +71,8 @@ class ConvChain(torch.autograd.Function):
         needs = iter(ctx.needs_input_grad[4:])  # per step: its weight, and its bias when it has one
         wanted = [(next(needs), conv.bias is not None and next(needs)) for conv, _, _ in steps]
         # the kernel itself, not fused.conv_chain_backward: these arguments are its own forward's, consistent by
-        # construction, so the dispatcher's Python checks (~20 µs a chain) would find nothing; a compiled op checks
-        # them again anyway
+        # construction, so the dispatcher's Python checks (~20 µs a chain) would find nothing (the compiled op still
+        # checks them in C++)
         backward = implementation("conv_chain_backward", ctx.backend, grad.device)
         grad_x, grad_weights, grad_biases = backward(
             grad, saved[:len(steps)], [conv.weight for conv, _, _ in steps], geometry(steps),

@@ -15,6 +15,7 @@ they always stand alone (`none` is added to every edge by the search, `noise` be
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -145,36 +146,48 @@ def record_gradient_correlations(model, images: torch.Tensor, labels: torch.Tens
     The supernet runs as in a search step (reference mode, BN on batch statistics) but changes nothing: no gradient
     accumulated, no running statistic updated, its random numbers (`noise`) from their own seed. Same result layout
     as record_correlations."""
-    was_mode, was_training = model.mode, model.training
-    model.set_mode("reference")
-    model.train()
-    edges, hooks = [], []
+    accumulators, hooks, edges = [], [], []
     for cell_type, mixed, ops in _recorded(model):
-        seen = {}
-        edges.append((cell_type, tuple(mixed.primitives[k] for k in ops), CovarianceAccumulator(len(ops)), seen,
-                      ops))
+        seen, acc = {}, CovarianceAccumulator(len(ops))
+        accumulators.append((cell_type, tuple(mixed.primitives[k] for k in ops), acc))
+        edges.append((acc, seen, ops))
         hooks.append(mixed.register_forward_hook(lambda _, args, out, seen=seen: seen.__setitem__("mixed", out)))
         for k in ops:
             hooks.append(mixed._ops[k].register_forward_hook(
                 lambda _, args, out, seen=seen, k=k: seen.__setitem__(k, out.detach())))
     devices = [device] if torch.device(device).type == "cuda" else []
+    with _measuring(model, hooks, training=True), frozen_running_stats(model), torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        for start in range(0, len(images), batch_size):
+            x, y = images[start:start + batch_size].to(device), labels[start:start + batch_size].to(device)
+            loss = F.cross_entropy(model(x), y)
+            grads = torch.autograd.grad(loss, [seen["mixed"] for _, seen, _ in edges])
+            for (acc, seen, ops), g in zip(edges, grads):
+                acc.update(torch.stack([(g * seen[k]).sum() for k in ops])[None])
+    return _by_cell_type(accumulators)
+
+
+@contextlib.contextmanager
+def _measuring(model, hooks: list, training: bool):
+    """The supernet in its reference mode with this training flag for the while; after, the hooks removed and its
+    mode and flag put back."""
+    was_mode, was_training = model.mode, model.training
+    model.set_mode("reference")
+    model.train(training)
     try:
-        with frozen_running_stats(model), torch.random.fork_rng(devices=devices):
-            torch.manual_seed(seed)
-            for start in range(0, len(images), batch_size):
-                x, y = images[start:start + batch_size].to(device), labels[start:start + batch_size].to(device)
-                loss = F.cross_entropy(model(x), y)
-                grads = torch.autograd.grad(loss, [seen["mixed"] for _, _, _, seen, _ in edges])
-                for (_, _, acc, seen, ops), g in zip(edges, grads):
-                    acc.update(torch.stack([(g * seen[k]).sum() for k in ops])[None])
+        yield
     finally:
         for h in hooks:
             h.remove()
         model.set_mode(was_mode, model.kernels)
         model.train(was_training)
+
+
+def _by_cell_type(accumulators) -> dict:
+    """{cell_type: [(ops, K×K matrix), ...]} from (cell type, ops, accumulator) per recorded edge."""
     result = {t: [] for t in CELL_TYPES}
-    for cell_type, names, acc, _, _ in edges:
-        result[cell_type].append((names, acc.correlation()))
+    for cell_type, ops, acc in accumulators:
+        result[cell_type].append((ops, acc.correlation()))
     return result
 
 
@@ -190,9 +203,6 @@ def record_correlations(model, images: torch.Tensor, batch_size: int, device, st
     cka is linear CKA over channels instead of a correlation. `before_bn`: each op's output is taken before its
     trailing BatchNorm.
     """
-    was_mode, was_training = model.mode, model.training
-    model.set_mode("reference")
-    model.eval()
     accumulators, hooks = [], []
 
     def record(acc, ops, mixed):
@@ -206,18 +216,10 @@ def record_correlations(model, images: torch.Tensor, batch_size: int, device, st
         acc = CKAAccumulator(len(ops)) if statistic == "cka" else CovarianceAccumulator(len(ops))
         accumulators.append((cell_type, tuple(mixed.primitives[k] for k in ops), acc))
         hooks.append(mixed.register_forward_pre_hook(record(acc, ops, mixed)))
-    try:
+    with _measuring(model, hooks, training=False):
         for start in range(0, len(images), batch_size):
             model(images[start:start + batch_size].to(device))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.set_mode(was_mode, model.kernels)
-        model.train(was_training)
-    result = {t: [] for t in CELL_TYPES}
-    for cell_type, ops, acc in accumulators:
-        result[cell_type].append((ops, acc.correlation()))
-    return result
+    return _by_cell_type(accumulators)
 
 
 def average_correlation(per_edge: list, ops: list[str]) -> torch.Tensor:
