@@ -14,8 +14,9 @@ converges, below float32's reach).
 It changes nothing of the search: no gradient is accumulated, the BNs normalize with the batch statistics as in a
 search step but update no running statistics, every loss draws its random numbers (`noise`) from a fixed seed, the
 search's own RNG state untouched, and the memory mode is restored. It runs outside any autocast, in the parameters'
-dtype; one product at a time per batch, so it needs the reference mode's memory for one batch, with its second-order
-graph.
+dtype. The first-order graphs of all the batches are kept for the Lanczos steps (each step is one backward through
+them instead of a forward and two backwards), so it needs the reference mode's memory for that many batches, with
+their second-order graphs.
 """
 from __future__ import annotations
 
@@ -56,21 +57,29 @@ def _reference_mode(model):
         model.set_mode(mode, kernels)
 
 
-def hessian_vector_product(model, batches, v: list[torch.Tensor], seed: int) -> list[torch.Tensor]:
-    """H v, H the Hessian of the mean loss over `batches` w.r.t. the model's α, by double backward, every forward
-    drawing from the same seeded RNG."""
+@contextlib.contextmanager
+def hessian_operator(model, batches, seed: int):
+    """v ↦ H v, H the Hessian of the mean loss over `batches` w.r.t. the model's α, by double backward. Each batch's
+    forward and first backward (with its graph) run once, drawing from a seeded RNG; every product is then one more
+    backward through those graphs, held until the context ends."""
     alphas = list(model.alphas())
-    total = [torch.zeros_like(a) for a in alphas]
     devices = [batches[0][0].device] if batches[0][0].device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), frozen_running_stats(model), _reference_mode(model):
         torch.manual_seed(seed)
+        gradients = []
         for x, y in batches:
             logits = model(x)
             loss = F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), y) / len(batches)
-            grads = torch.autograd.grad(loss, alphas, create_graph=True)
-            for t, h in zip(total, torch.autograd.grad(_dot(grads, v), alphas)):
-                t.add_(h)
-    return total
+            gradients.append(torch.autograd.grad(loss, alphas, create_graph=True))
+
+        def product(v: list[torch.Tensor]) -> list[torch.Tensor]:
+            total = [torch.zeros_like(a) for a in alphas]
+            for grads in gradients:
+                for t, h in zip(total, torch.autograd.grad(_dot(grads, v), alphas, retain_graph=True)):
+                    t.add_(h)
+            return total
+
+        yield product
 
 
 def largest_eigenvalue(model, batches, steps: int = 20, seed: int = 0) -> float:
@@ -80,9 +89,9 @@ def largest_eigenvalue(model, batches, steps: int = 20, seed: int = 0) -> float:
     v = [torch.randn(a.shape, generator=generator, dtype=a.dtype).to(a.device) for a in alphas]
     norm = _dot(v, v).sqrt()
     basis, diagonal, off_diagonal = [[t / norm for t in v]], [], []
-    with torch.autocast(alphas[0].device.type, enabled=False):
+    with torch.autocast(alphas[0].device.type, enabled=False), hessian_operator(model, batches, seed) as product:
         for i in range(steps):
-            w = hessian_vector_product(model, batches, basis[-1], seed)
+            w = product(basis[-1])
             diagonal.append(float(_dot(w, basis[-1])))
             for q in basis:  # full reorthogonalization: float rounding would otherwise bring back found directions
                 c = _dot(w, q)
