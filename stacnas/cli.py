@@ -160,6 +160,16 @@ def _cmd_bench_search(args) -> int:
     return 0
 
 
+def _cmd_bench_collapse(args) -> int:
+    from pathlib import Path
+
+    from .bench import collapse
+
+    print(collapse.write(Path(args.out)), end="")
+    print(f"table and figure: {args.out}/collapse.md, collapse.png")
+    return 0
+
+
 def _run_options(p, default_out: str) -> None:
     from .runtime.config import presets
 
@@ -312,13 +322,21 @@ def build_parser() -> argparse.ArgumentParser:
                                      "OUT/comparison.html; a finished (method, seed) is never redone, so an "
                                      "interrupted benchmark continues when run again with the same options.")
     q.add_argument("--preset", choices=presets("bench-search"), default=None,
-                   help="cpu: Fashion-MNIST at a budget of about 1.2 hours on 2 cores; paper: CIFAR-10 at the "
-                        "papers' settings (GPUs; torchrun)")
+                   help="cpu: Fashion-MNIST at a budget of about 1.2 hours on 2 cores; collapse: the collapse "
+                        "study's digits proxy of one space (with --space; benchmarks/collapse_study.py runs all "
+                        "five); paper: CIFAR-10 at the papers' settings (GPUs; torchrun)")
     q.add_argument("--config", metavar="YAML", help="YAML file of options, including search_options and "
                                                   "train_options (mappings of search / train options)")
     q.add_argument("--out", default="runs/search-quality", help="output folder (default: runs/search-quality)")
     q.set_defaults(func=_cmd_bench_search, config_fields=add_arguments(q, QualityConfig), resume=False,
                    force=False)
+    q = bench.add_parser("collapse", help="gather the collapse study's spaces into one table and figure",
+                         description="Reads OUT/<space>/results.json of each finished search-quality benchmark "
+                                     "(spaces darts, s1-s4; benchmarks/collapse_study.py runs them) and writes "
+                                     "OUT/collapse.md, collapse.json and collapse.png (the Hessian eigenvalue over "
+                                     "the search's epochs per space and method).")
+    q.add_argument("--out", default="runs/collapse", help="study folder (default: runs/collapse)")
+    q.set_defaults(func=_cmd_bench_collapse)
     return parser
 
 

@@ -9,6 +9,7 @@ from stacnas import genotypes
 from stacnas.bench import search_quality
 from stacnas.bench.search_quality import QualityConfig, run_benchmark, summarize
 from stacnas.cli import main
+from stacnas.errors import UsageError
 
 # each pair's own report is left out (seconds of drawing a run); the benchmark's comparison.html is still written
 TINY_SEARCH = {"limit": 64, "epochs": 1, "darts_epochs": 1, "channels": 4, "stage1_layers": 3, "stage2_layers": 3,
@@ -144,3 +145,35 @@ def test_sigterm_stops_the_running_search_and_the_benchmark_resumes(tmp_path):
     records = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [(r["stage"], r["epoch"]) for r in records] == [(s, e) for s in ("stage1", "stage2") for e in (1, 2, 3)]
     assert epochs_done >= 1 and (out / "results.md").is_file()
+
+
+def test_the_collapse_study_gathers_each_spaces_eigenvalues_into_a_table_and_figure(tmp_path, capsys):
+    """One space of the study at a tiny budget: its searches run in that space, each logged eigenvalue reaches the
+    benchmark's row (trajectory, last value) and the study's table and figure; random cells have none."""
+    from stacnas.bench import collapse
+
+    study = tmp_path / "study"
+    search = {**TINY_SEARCH, "darts_epochs": 2, "hessian_batches": 1, "hessian_steps": 2}
+    rows = run_benchmark(tiny(methods=("darts-es", "random"), seeds=1, space="s3", search_options=search),
+                         str(study / "s3"))
+    folder = study / "s3" / "darts-es" / "seed0" / "search"
+    assert json.loads((folder / "config.json").read_text())["space"] == "s3"
+    logged = [json.loads(line)["hessian_eigenvalue"] for line in (folder / "metrics.jsonl").read_text().splitlines()]
+    es, random_row = rows
+    assert [e["value"] for e in es["hessian"][0]] == logged and len(logged) == 2
+    assert es["hessian_last_mean"] == logged[-1] and es["early_stop_kept_epochs"] == [None]  # too short to stop
+    assert random_row["hessian"] == [[]] and random_row["hessian_last_mean"] is None
+    assert all(op in ("none", "skip_connect", "sep_conv_3x3") for r in rows for op in r["op_histogram"])
+    assert main(["bench", "collapse", "--out", str(study)]) == 0
+    table = (study / "collapse.md").read_text()
+    assert f"| s3 | darts-es | 1 | {es['test_top1_mean']:.2f} ± 0.00 | {es['parameter_free_share']:.2f} | " \
+           f"{logged[-1]:.3f} |" in table
+    assert "| s3 | random | 1 |" in table and (study / "collapse.png").stat().st_size > 0
+    assert json.loads((study / "collapse.json").read_text())["s3"][0]["method"] == "darts-es"
+    assert main(["bench", "collapse", "--out", str(tmp_path / "empty")]) == 2
+    assert "holds no finished benchmark" in capsys.readouterr().err
+
+
+def test_the_space_is_the_benchmarks_option_not_a_search_option():
+    with pytest.raises(UsageError, match="--space"):
+        tiny(search_options={**TINY_SEARCH, "space": "s2"}).validate()

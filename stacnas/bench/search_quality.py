@@ -4,8 +4,9 @@ cells, and the same ones from seed to seed?
 For each method (StacNAS, DARTS second and first order, DARTS-ES when asked for, a random cell) and seed: search,
 then train the found cell from scratch with one fixed proxy recipe, on the same dataset and split. Per method: the
 trained cells' test accuracy (last epoch; mean ± std over seeds), parameters, search time and peak memory,
-stability (the mean over seed pairs of the share of identical (op, input) pairs of the two cells) and the share of
-parameter-free ops in the found cells (DARTS' collapse indicator), with the op histogram. Every (method, seed) is a pipeline folder
+stability (the mean over seed pairs of the share of identical (op, input) pairs of the two cells), the share of
+parameter-free ops in the found cells (DARTS' collapse indicator) with the op histogram, and, where the searches log
+it (--hessian-every, DARTS-ES), the Hessian eigenvalue's trajectory and its last value (RobustDARTS' indicator). Every (method, seed) is a pipeline folder
 OUT/<method>/seed<k>/{search,train} (`stacnas report` reads it), each run in a process of its own (its peak memory
 is its own); a finished pair is never redone, an interrupted one resumes from its checkpoints.
 """
@@ -49,6 +50,7 @@ class QualityConfig:
     seeds: int = option(3, "independent search-and-train runs per method (seeds first-seed, first-seed + 1, ...)",
                         "benchmark", at_least=1)
     first_seed: int = option(0, "the first seed", "benchmark", at_least=0, at_most=SEED_MAX)
+    space: str = option("darts", "search space of every search: darts, s1, s2, s3, s4 or a space file", "recipe")
     dataset: str = option("fashion-mnist", "dataset of every search and training", "data")
     data_root: str | None = option(None, "folder holding the dataset files", "data", type=str)
     download: bool = option(False, "download the dataset if missing (where a network exists)", "data")
@@ -68,6 +70,8 @@ class QualityConfig:
         for what, options in (("search-options", self.search_options), ("train-options", self.train_options)):
             if options is not None and any(not isinstance(k, str) for k in options):
                 raise UsageError(f"{what} must map option names to values")
+        if "space" in (self.search_options or {}):
+            raise UsageError("give the search space as the benchmark's space (--space), not in search-options")
 
     def shared(self) -> dict:
         return {"dataset": self.dataset, "data_root": self.data_root, "download": self.download,
@@ -76,7 +80,8 @@ class QualityConfig:
     def search_config(self, method: str, seed: int) -> SearchConfig:
         preset = {"stacnas": self.stacnas_preset, "random": None}.get(method, self.darts_preset)
         return resolve(SearchConfig, "search", preset, None,
-                       {**(self.search_options or {}), **self.shared(), **METHODS[method], "seed": seed})
+                       {**(self.search_options or {}), **self.shared(), **METHODS[method], "space": self.space,
+                        "seed": seed})
 
     def train_config(self, genotype: Path, seed: int) -> TrainConfig:
         return resolve(TrainConfig, "train", self.train_preset, None,
@@ -162,14 +167,29 @@ def _mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+def eigenvalues(search: Path) -> list[dict]:
+    """The Hessian eigenvalues a search logged, in order: {"stage", "epoch", "value"} (and "kept_epoch" where DARTS-ES
+    stopped); none for a random cell, which logs no epochs."""
+    found, metrics = [], search / "metrics.jsonl"
+    for line in files.read_text(metrics, "search metrics").splitlines() if metrics.is_file() else []:
+        record = json.loads(line) if line.strip() else {}
+        if "hessian_eigenvalue" in record:
+            found.append({"stage": record["stage"], "epoch": record["epoch"], "value": record["hessian_eigenvalue"],
+                          **({"kept_epoch": record["early_stop_kept_epoch"]} if "early_stop_kept_epoch" in record
+                             else {})})
+    return found
+
+
 def summarize(method: str, pairs: list[dict]) -> dict:
-    """One method's row from its finished (seed, search summary, training result) records."""
+    """One method's row from its finished (seed, search summary, training result, Hessian eigenvalues) records."""
     found = [genotypes.from_dict(p["search"]["genotype"]) for p in pairs]
     ops = [op for g in found for cell_type in CELL_TYPES for op, _ in getattr(g, cell_type)]
     accuracy, spread = _mean_std([p["train"]["test_top1"] for p in pairs])
     search_seconds, _ = _mean_std([p["search"]["seconds"] for p in pairs])
     memory = [p["search"].get("peak_cuda_mib", p["search"]["peak_rss_mib"]) for p in pairs]
     stability = [_match_share(a, b) for a, b in itertools.combinations(found, 2)]
+    trajectories = [p.get("hessian", []) for p in pairs]
+    last = [t[-1]["value"] for t in trajectories if t]
     return {"method": method, "seeds": [p["seed"] for p in pairs], "test_top1_mean": accuracy,
             "test_top1_std": spread, "test_top1": [p["train"]["test_top1"] for p in pairs],
             "params_m_mean": _mean_std([p["train"]["params_m"] for p in pairs])[0],
@@ -177,6 +197,9 @@ def summarize(method: str, pairs: list[dict]) -> dict:
             "stability": statistics.fmean(stability) if stability else None,
             "parameter_free_share": sum(op in PARAMETER_FREE for op in ops) / len(ops) if ops else None,
             "op_histogram": dict(Counter(ops).most_common()),
+            "hessian_last_mean": _mean_std(last)[0] if len(last) == len(pairs) else None, "hessian": trajectories,
+            "early_stop_kept_epochs": [next((e["kept_epoch"] for e in t if "kept_epoch" in e), None)
+                                       for t in trajectories],
             "genotypes": [genotypes.to_text(g) for g in found]}
 
 
@@ -185,16 +208,17 @@ def _cell(value, fmt: str) -> str:
 
 
 def markdown(rows: list[dict], cfg: QualityConfig) -> str:
-    lines = [f"Search quality on {cfg.dataset}: search presets stacnas={cfg.stacnas_preset}, "
+    lines = [f"Search quality on {cfg.dataset}, space {cfg.space}: search presets stacnas={cfg.stacnas_preset}, "
              f"darts={cfg.darts_preset}; proxy training preset {cfg.train_preset}; search options "
              f"{cfg.search_options or {}}; training options {cfg.train_options or {}}.", "",
              "| method | seeds | test top-1 % (mean ± std) | params M | search s | search peak MiB | stability | "
-             "parameter-free share |", "|---|---|---|---|---|---|---|---|"]
+             "parameter-free share | Hessian λmax at the end |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['method']} | {len(r['seeds'])} | {_cell(r['test_top1_mean'], '.2f')} ± "
                      f"{_cell(r['test_top1_std'], '.2f')} | {_cell(r['params_m_mean'], '.3f')} | "
                      f"{_cell(r['search_seconds_mean'], '.0f')} | {_cell(r['search_peak_mib_mean'], '.0f')} | "
-                     f"{_cell(r['stability'], '.2f')} | {_cell(r['parameter_free_share'], '.2f')} |")
+                     f"{_cell(r['stability'], '.2f')} | {_cell(r['parameter_free_share'], '.2f')} | "
+                     f"{_cell(r['hessian_last_mean'], '.3f')} |")
     ops = [op for op in OPS if any(op in r["op_histogram"] for r in rows)]
     lines += ["", "Ops in the found cells (both cell types, all seeds):", "",
               "| method | " + " | ".join(short_name(op) for op in ops) + " |", "|---|" + "---|" * len(ops)]
@@ -231,7 +255,8 @@ def run_benchmark(cfg: QualityConfig, out_dir: str) -> list[dict]:
     for method in cfg.methods:
         records = [{"seed": s, "search": json.loads((out / method / f"seed{s}" / "search" / "summary.json")
                                                     .read_text()),
-                    "train": json.loads((out / method / f"seed{s}" / "train" / "result.json").read_text())}
+                    "train": json.loads((out / method / f"seed{s}" / "train" / "result.json").read_text()),
+                    "hessian": eigenvalues(out / method / f"seed{s}" / "search")}
                    for s in seeds]
         rows.append(summarize(method, records))
     files.write_text(out / "results.json", json.dumps({"config": dataclasses.asdict(cfg), "methods": rows},
