@@ -15,6 +15,8 @@ SPACES = ("darts", "s1", "s2", "s3", "s4")
 # one colour per method, the same in every panel
 _COLOURS = {"stacnas": "#1f77b4", "darts": "#d62728", "darts-first": "#ff7f0e", "darts-es": "#2ca02c",
             "random": "#7f7f7f"}
+# DARTS-ES is DARTS first order until it stops (the same seed computes the same epochs): drawn dashed over it
+_STYLES = {"darts-es": "--"}
 
 
 def gather(out: Path) -> dict[str, dict]:
@@ -73,7 +75,8 @@ def figure(results: dict[str, dict]):
                 if not trajectory:
                     continue
                 xs, ys, boundary = _epochs_run(trajectory)
-                ax.plot(xs, ys, color=_COLOURS.get(r["method"], "black"), lw=1.2, alpha=0.8,
+                ax.plot(xs, ys, _STYLES.get(r["method"], "-"), color=_COLOURS.get(r["method"], "black"), lw=1.2,
+                        alpha=0.8,
                         label=r["method"] if i == 0 else None)
                 if boundary is not None and i == 0:
                     ax.axvline(boundary + 0.5, color=_COLOURS.get(r["method"], "black"), ls=":", lw=1)
