@@ -6,9 +6,10 @@ then train the found cell from scratch with one fixed proxy recipe, on the same 
 trained cells' test accuracy (last epoch; mean ± std over seeds), parameters, search time and peak memory,
 stability (the mean over seed pairs of the share of identical (op, input) pairs of the two cells), the share of
 parameter-free ops in the found cells (DARTS' collapse indicator) with the op histogram, and, where the searches log
-it (--hessian-every, DARTS-ES), the Hessian eigenvalue's trajectory and its last value (RobustDARTS' indicator). Every (method, seed) is a pipeline folder
-OUT/<method>/seed<k>/{search,train} (`stacnas report` reads it), each run in a process of its own (its peak memory
-is its own); a finished pair is never redone, an interrupted one resumes from its checkpoints.
+it (--hessian-every, DARTS-ES), the Hessian eigenvalue's trajectory and its last value (RobustDARTS' indicator).
+Every (method, seed) is a pipeline folder OUT/<method>/seed<k>/{search,train} (`stacnas report` reads it), each run
+in a process of its own (its peak memory is its own); a finished pair is never redone, an interrupted one resumes
+from its checkpoints.
 """
 from __future__ import annotations
 
@@ -94,7 +95,8 @@ def _check_out(cfg: QualityConfig, out: Path) -> None:
     current = json.loads(json.dumps(dataclasses.asdict(cfg)))
     if saved_path.is_file():
         saved = json.loads(files.read_text(saved_path, "benchmark configuration"))
-        changed = [k for k, v in current.items() if k not in FREE and saved.get(k) != v]
+        defaults = json.loads(json.dumps(dataclasses.asdict(QualityConfig())))  # for options added since it was saved
+        changed = [k for k, v in current.items() if k not in FREE and saved.get(k, defaults[k]) != v]
         if changed:
             raise UsageError(f"{out} holds a benchmark with other options ({', '.join(changed)}); give the same "
                              "options to continue it, or another --out")
