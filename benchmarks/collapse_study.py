@@ -9,7 +9,6 @@ collapse.png from every space finished so far.
 """
 import argparse
 import sys
-from pathlib import Path
 
 from stacnas.bench import collapse
 from stacnas.cli import main

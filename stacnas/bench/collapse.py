@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .. import files
 from ..errors import UsageError
+from .search_quality import _cell
 
 SPACES = ("darts", "s1", "s2", "s3", "s4")
 # one colour per method, the same in every panel
@@ -27,10 +28,6 @@ def gather(out: Path) -> dict[str, dict]:
         raise UsageError(f"{out} holds no finished benchmark of any space ({', '.join(SPACES)}): run "
                          "benchmarks/collapse_study.py with --spaces first")
     return found
-
-
-def _cell(value, fmt: str) -> str:
-    return "–" if value is None else format(value, fmt)
 
 
 def table(results: dict[str, dict]) -> str:
@@ -76,8 +73,7 @@ def figure(results: dict[str, dict]):
                     continue
                 xs, ys, boundary = _epochs_run(trajectory)
                 ax.plot(xs, ys, _STYLES.get(r["method"], "-"), color=_COLOURS.get(r["method"], "black"), lw=1.2,
-                        alpha=0.8,
-                        label=r["method"] if i == 0 else None)
+                        alpha=0.8, label=r["method"] if i == 0 else None)
                 if boundary is not None and i == 0:
                     ax.axvline(boundary + 0.5, color=_COLOURS.get(r["method"], "black"), ls=":", lw=1)
         ax.set_title(f"space {space}")
