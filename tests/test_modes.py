@@ -185,6 +185,31 @@ def test_lean_conv_forward_routes_equal_pytorch(conv, size, bias):
                                F.conv2d(x, weight, b, stride, padding, dilation, groups), rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("size", [(7, 9), (8, 8), (5, 6), (1, 1)])
+@pytest.mark.parametrize("bias", [False, True])
+def test_lean_factorized_reduce_equals_its_two_convs(size, bias):
+    """FactorizedReduceConvs against ReLU, the two 1×1 stride-2 convs (the second on the input shifted by a pixel,
+    padded on odd sizes) and their concat, by PyTorch; fp64 gradcheck of h, weights and biases; it keeps h alone."""
+    from stacnas.nn.routes import factorized_reduce
+
+    g = torch.Generator().manual_seed(size[0] + bias)
+    convs = [torch.nn.Conv2d(4, 3, 1, stride=2, bias=bias).double() for _ in range(2)]
+    h = torch.randn(2, 4, *size, generator=g, dtype=torch.float64, requires_grad=True)
+    a = F.relu(h)
+    shifted = F.pad(a[:, :, 1:, 1:], (0, size[1] % 2, 0, size[0] % 2))
+    expected = torch.cat([convs[0](a), convs[1](shifted)], dim=1)
+    kept = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
+        found = factorized_reduce(convs, h, act=a.detach())
+    torch.testing.assert_close(found, expected, rtol=1e-12, atol=1e-12)
+    assert [t.shape for t in kept if t.shape[0] == h.shape[0]] == [h.shape]  # of the batch's tensors h alone
+    params = [p for c in convs for p in c.parameters()]
+    grad = torch.randn(expected.shape, generator=g, dtype=torch.float64)
+    for e, f in zip(torch.autograd.grad(expected, [h, *params], grad), torch.autograd.grad(found, [h, *params], grad)):
+        torch.testing.assert_close(f, e, rtol=1e-12, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda t, *ps: factorized_reduce(convs, t), (h, *params))
+
+
 def test_cell_output_has_no_concat_copy():
     """Nodes written into a CellOutput: the cell's output is their storage, equals torch.cat of them, and gradients
     equal those through cat, although node 1 is read by node 2's ops after node 2's slot was written."""

@@ -25,17 +25,7 @@ from .. import fused
 from . import recognize
 from .batchnorm import update_running_stats
 from .cell_output import CellOutput
-from .routes import conv_chain, dropout, fast_pool
-
-
-def _factorized_reduce(convs, h, relu_h, backend):
-    """cat(conv_a(ReLU(h)), conv_b(ReLU(h) shifted by a pixel)), the shifted input padded on odd sizes."""
-    shifted = h[:, :, 1:, 1:]
-    if odd := (h.shape[2] % 2 or h.shape[3] % 2):
-        shifted = F.pad(shifted, (0, h.shape[3] % 2, 0, h.shape[2] % 2))
-    return torch.cat([conv_chain([(convs[0], None, True)], h, backend, act=relu_h()),
-                      conv_chain([(convs[1], None, True)], shifted, backend,
-                                 act=None if odd else relu_h()[:, :, 1:, 1:])], dim=1)
+from .routes import conv_chain, dropout, factorized_reduce, fast_pool
 
 
 def own_forward(op, h):
@@ -55,7 +45,7 @@ def lean_term(op: nn.Module, h: torch.Tensor, relu_h, backend=None, call=own_for
         convs, bn, pads = parts
         if (h.shape[2] % 2 or h.shape[3] % 2) and not pads:
             return call(op, h), None  # DARTS' own FactorizedReduce does not handle odd sizes: run it as it is
-        return _factorized_reduce(convs, h, relu_h, backend), bn
+        return factorized_reduce(convs, h, relu_h()), bn
     if kind in ("pool_bn", "pool"):
         pooled = (fast_pool(parts[0], backend) or parts[0])(h)
         return pooled, (parts[1] if kind == "pool_bn" else None)

@@ -5,6 +5,7 @@ its CPU max-pool 25× two elementwise passes. These routes compute the same valu
 where sums are associated differently, as each function says) and keep less for backward:
   - ConvChain: DARTS' conv ops (ReLU, convs, BN+ReLU inside sep_conv) keeping each conv's input, not the
     activations, their convs taking conv_forward's routes and stacnas.fused.conv_chain_backward's;
+  - FactorizedReduceConvs: a FactorizedReduce's two 1×1 stride-2 convs as two matrix products into one output;
   - MaxPoolNoIndices: a 3×3 max-pool that keeps no int64 indices;
   - avg_pool3x3: a 3×3 average pool (count_include_pad=False) as two 3-wide sums;
   - dropout: nn.Dropout keeping its mask as bool on CPUs (PyTorch keeps the float noise there).
@@ -120,6 +121,77 @@ def conv_forward(x, weight, bias, stride, padding, dilation, groups):
     else:
         y = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
     return y.to(weight.dtype)
+
+
+# ---- FactorizedReduce --------------------------------------------------------------------------------------------
+
+def _halves(a: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(N, 2C, ⌈H/2⌉·⌈W/2⌉) in dtype: a's even rows and columns, then its odd ones (shifted by a pixel, a zero row
+    and column padded on odd sizes): what a FactorizedReduce's two 1×1 stride-2 convs read."""
+    n, c, h, w = a.shape
+    ho, wo = (h + 1) // 2, (w + 1) // 2
+    x = (a.new_zeros if h % 2 or w % 2 else a.new_empty)(n, 2 * c, ho, wo, dtype=dtype)
+    x[:, :c] = a[:, :, ::2, ::2]
+    x[:, c:, :h // 2, :w // 2] = a[:, :, 1::2, 1::2]
+    return x.view(n, 2 * c, ho * wo)
+
+
+def _batched(weight: torch.Tensor, n: int) -> torch.Tensor:
+    return weight.reshape(1, weight.shape[0], -1).expand(n, -1, -1)  # a view: the batch shares one matrix
+
+
+class FactorizedReduceConvs(torch.autograd.Function):
+    """cat(conv_a(ReLU(h)), conv_b(ReLU(h) shifted by a pixel)), a FactorizedReduce's two 1×1 stride-2 convs up to
+    its BN, in one autograd node: each conv a matrix product over the pixels it reads, written into its half of
+    the output (PyTorch's CPU conv costs ~0.1 ms a call, and the concat a copy). Keeps h (a node state, kept
+    anyway), not ReLU(h) or the pixels read; `act` may hand in ReLU(h) already computed. Equal to the convs to
+    rounding (sums associated differently); under autocast the products run in its dtype and the result is handed
+    back in the weights' (as conv_forward)."""
+
+    @staticmethod
+    def forward(ctx, h, act, weight_a, bias_a, weight_b, bias_b):
+        n, c, rows, cols = h.shape
+        x = _halves(act if act is not None else F.relu(h), weight_a.dtype)
+        c_half = weight_a.shape[0]
+        y = h.new_empty(n, 2 * c_half, x.shape[2], dtype=weight_a.dtype)
+        for half, weight, bias in ((0, weight_a, bias_a), (1, weight_b, bias_b)):
+            pixels = x[:, half * c:(half + 1) * c]
+            y[:, half * c_half:(half + 1) * c_half] = (
+                torch.bmm(_batched(weight, n), pixels) if bias is None else
+                torch.baddbmm(bias.to(pixels.dtype).view(1, -1, 1), _batched(weight, n), pixels))
+        ctx.save_for_backward(h, weight_a, weight_b)
+        ctx.biased = (bias_a is not None, bias_b is not None)
+        return y.view(n, 2 * c_half, (rows + 1) // 2, (cols + 1) // 2)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        h, weight_a, weight_b = ctx.saved_tensors
+        n, c, rows, cols = h.shape
+        x = _halves(F.relu(h), grad.dtype)
+        grad = grad.reshape(n, grad.shape[1], -1)
+        c_half = weight_a.shape[0]
+        grads, grad_x = [], torch.empty_like(x)
+        for half, weight in ((0, weight_a), (1, weight_b)):
+            g, pixels = grad[:, half * c_half:(half + 1) * c_half], x[:, half * c:(half + 1) * c]
+            grads.append(torch.bmm(g, pixels.transpose(1, 2)).sum(0).view_as(weight).to(weight.dtype))
+            grads.append(g.sum((0, 2)).to(weight.dtype) if ctx.biased[half] else None)
+            if ctx.needs_input_grad[0]:
+                grad_x[:, half * c:(half + 1) * c] = torch.bmm(_batched(weight.to(g.dtype), n).transpose(1, 2), g)
+        grad_h = None
+        if ctx.needs_input_grad[0]:
+            grad_x = grad_x.view(n, 2 * c, (rows + 1) // 2, (cols + 1) // 2)
+            grad_h = torch.zeros(h.shape, dtype=grad.dtype, device=h.device)
+            grad_h[:, :, ::2, ::2] = grad_x[:, :c]
+            grad_h[:, :, 1::2, 1::2] = grad_x[:, c:, :rows // 2, :cols // 2]
+            grad_h = grad_h.masked_fill_(h <= 0, 0).to(h.dtype)
+        return grad_h, None, grads[0], grads[1], grads[2], grads[3]
+
+
+def factorized_reduce(convs, h, act=None):
+    """FactorizedReduceConvs' result for a FactorizedReduce's two convs on h."""
+    a, b = convs
+    return FactorizedReduceConvs.apply(h, act, a.weight, a.bias, b.weight, b.bias)
 
 
 # ---- 3×3 pools -------------------------------------------------------------------------------------------------
