@@ -202,7 +202,7 @@ def test_lean_factorized_reduce_equals_its_two_convs(size, bias):
     with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(t) or t, lambda t: t):
         found = factorized_reduce(convs, h, act=a.detach())
     torch.testing.assert_close(found, expected, rtol=1e-12, atol=1e-12)
-    assert [t.shape for t in kept if t.shape[0] == h.shape[0]] == [h.shape]  # of the batch's tensors h alone
+    assert [t.shape for t in kept] == [h.shape, convs[0].weight.shape, convs[1].weight.shape]  # h, no activation
     params = [p for c in convs for p in c.parameters()]
     grad = torch.randn(expected.shape, generator=g, dtype=torch.float64)
     for e, f in zip(torch.autograd.grad(expected, [h, *params], grad), torch.autograd.grad(found, [h, *params], grad)):
