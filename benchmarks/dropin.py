@@ -2,12 +2,13 @@
 stacnas.nn.use_fused_mixed_ops in lean and in recompute mode, side by side in one run.
 
     python benchmarks/dropin.py [--batch-size 8] [--repeats 5] [--device cpu] [--codebases darts pcdarts ...]
-                                [--tiny] [--out benchmarks/results/dropin-cpu-2core.json]
+                                [--amp none|bf16|fp16] [--tiny] [--out benchmarks/results/dropin-cpu-2core.json]
 
 Per codebase: the bytes autograd keeps for backward per sample (saved_tensors_hooks, each storage once; measured
 after a first step, so the first-use check is not counted), the median step time (forward + backward) and their
 ratios to the original's (medians of per-round ratios: the three models take turns). The networks are the ones the
-tests check (tests/peer_networks), each at its codebase's search configuration, 32×32 inputs, 10 classes.
+tests check (tests/peer_networks), each at its codebase's search configuration, 32×32 inputs, 10 classes; with
+--amp the forward passes run under autocast (as `stacnas bench supernet --amp`).
 """
 import argparse
 import copy
@@ -27,6 +28,7 @@ import stacnas.nn  # noqa: E402
 from peer_networks import autodl_darts, autodl_nb201, darts, naslib, nni, pcdarts, pdarts, robustdarts  # noqa: E402
 from stacnas import files  # noqa: E402
 from stacnas.bench.supernet import machine, round_ratio, saved_bytes  # noqa: E402
+from stacnas.runtime.precision import DTYPES, autocast, check_amp  # noqa: E402
 
 # name: (network module, build arguments: each codebase's search configuration)
 CODEBASES = {
@@ -56,18 +58,20 @@ def _arguments(name: str, tiny: bool) -> dict:
 MODELS = ("original", "lean", "recompute")
 
 
-def _loss(model, x, y):
-    return F.cross_entropy(peer_networks.logits(model(x)), y)
+def _loss(model, x, y, amp="none"):
+    with autocast(amp, x.device):
+        logits = peer_networks.logits(model(x))
+    return F.cross_entropy(logits.float(), y)
 
 
-def _step(model, x, y):
+def _step(model, x, y, amp="none"):
     model.zero_grad(set_to_none=True)
-    _loss(model, x, y).backward()
+    _loss(model, x, y, amp).backward()
     if x.device.type == "cuda":
         torch.cuda.synchronize(x.device)
 
 
-def measure(name: str, batch: int, repeats: int, device, tiny: bool = False) -> dict:
+def measure(name: str, batch: int, repeats: int, device, tiny: bool = False, amp: str = "none") -> dict:
     kwargs = _arguments(name, tiny)
     torch.manual_seed(0)
     original = CODEBASES[name][0].build(**kwargs).to(device)
@@ -80,14 +84,14 @@ def measure(name: str, batch: int, repeats: int, device, tiny: bool = False) -> 
     y = torch.randint(0, 10, (batch,), generator=generator).to(device)
     results = {}
     for key, model in models.items():
-        _step(model, x, y)  # the first-use check runs here
-        nbytes, loss = saved_bytes(lambda: _loss(model, x, y))
+        _step(model, x, y, amp)  # the first-use check runs here
+        nbytes, loss = saved_bytes(lambda: _loss(model, x, y, amp))
         loss.backward()
         results[key] = {"saved_bytes_per_sample": nbytes / batch, "step_seconds_all": []}
     for _ in range(repeats):
         for key, model in models.items():
             start = time.perf_counter()
-            _step(model, x, y)
+            _step(model, x, y, amp)
             results[key]["step_seconds_all"].append(time.perf_counter() - start)
     for key, r in results.items():
         r["step_seconds_median"] = statistics.median(r["step_seconds_all"])
@@ -98,7 +102,7 @@ def measure(name: str, batch: int, repeats: int, device, tiny: bool = False) -> 
 
 def render(report: dict) -> str:
     lines = [f"drop-in benchmark on {report['machine']['device']} ({report['config']['threads']} threads), 32x32, "
-             f"batch {report['config']['batch_size']}",
+             f"batch {report['config']['batch_size']}, amp {report['config'].get('amp', 'none')}",
              f"{'codebase':<16} {'fused':>5} {'original MiB/sample':>19} {'lean':>6} {'recompute':>9} "
              f"{'original step s':>15} {'lean':>6} {'recompute':>9}"]
     for name, found in report["codebases"].items():
@@ -118,17 +122,20 @@ def main(argv=None) -> dict:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     parser.add_argument("--codebases", nargs="+", choices=list(CODEBASES), default=list(CODEBASES))
+    parser.add_argument("--amp", choices=["none", *DTYPES], default="none",
+                        help="run the forward passes under autocast (fp16 on CUDA only)")
     parser.add_argument("--tiny", action="store_true", help="the networks at about their smallest (a smoke test)")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
+    check_amp(args.amp, device)
     report = {"config": {"batch_size": args.batch_size, "repeats": args.repeats, "threads": torch.get_num_threads(),
-                         "device": str(device), "tiny": args.tiny},
+                         "device": str(device), "tiny": args.tiny, "amp": args.amp},
               "machine": machine(device), "codebases": {}}
     for name in args.codebases:
-        report["codebases"][name] = measure(name, args.batch_size, args.repeats, device, args.tiny)
+        report["codebases"][name] = measure(name, args.batch_size, args.repeats, device, args.tiny, args.amp)
         print(f"{name}: done", flush=True)
     print(render(report))
     if args.out:

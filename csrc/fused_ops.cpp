@@ -41,11 +41,17 @@ MixedSumShape check_mixed_sum_args(const std::vector<at::Tensor>& x, const at::T
               w.sizes(), " for ", K, " inputs");
   TORCH_CHECK(static_cast<int64_t>(normalize.size()) == K, "mixed_sum: normalize needs one flag per input, got ",
               normalize.size(), " for ", K, " inputs");
+  TORCH_CHECK(at::isFloatingType(x[0].scalar_type()), "mixed_sum: inputs must be floating point, got ",
+              x[0].scalar_type());
+  // w may be wider than the inputs (float32 weights of bf16 inputs under autocast): the kernels read it in double.
+  TORCH_CHECK(w.device() == x[0].device(), "mixed_sum: weights must be on the inputs' device (", x[0].device(),
+              "), got ", w.device());
   for (const auto& t : x) {
     TORCH_CHECK(t.sizes() == x[0].sizes(), "mixed_sum: all inputs must have the same shape, got ", t.sizes(),
                 " and ", x[0].sizes());
-    TORCH_CHECK(t.scalar_type() == w.scalar_type() && t.device() == w.device(),
-                "mixed_sum: inputs and weights must share dtype and device");
+    TORCH_CHECK(t.scalar_type() == x[0].scalar_type() && t.device() == x[0].device(),
+                "mixed_sum: all inputs must share one dtype and device, got ", t.scalar_type(), " on ", t.device(),
+                " and ", x[0].scalar_type(), " on ", x[0].device());
   }
   return layout_of(x[0]);
 }
@@ -352,12 +358,15 @@ at::Tensor max_pool2d_backward_from_output_cpu(const at::Tensor& grad_in, const 
                                                at::IntArrayRef stride, at::IntArrayRef padding) {
   check_max_pool_backward_args(grad_in, input_in, output_in, kernel_size, stride, padding);
   const auto input = input_in.contiguous(), output = output_in.contiguous(), grad = grad_in.contiguous();
-  auto grad_input = at::zeros_like(input, at::MemoryFormat::Contiguous);
+  auto grad_input = at::empty_like(input, at::MemoryFormat::Contiguous);
   const int64_t planes = input.size(0) * input.size(1), H = input.size(2), W = input.size(3);
   const int64_t OH = output.size(2), OW = output.size(3);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "max_pool_backward_cpu", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
     at::parallel_for(0, planes, 1, [&](int64_t p0, int64_t p1) {
+      std::vector<acc_t> acc(H * W);  // overlapping windows add up in acc_t, as the CUDA kernel does
       for (int64_t p = p0; p < p1; ++p) {
+        std::fill(acc.begin(), acc.end(), acc_t(0));
         const scalar_t* in = input.const_data_ptr<scalar_t>() + p * H * W;
         const scalar_t* out = output.const_data_ptr<scalar_t>() + p * OH * OW;
         const scalar_t* g = grad.const_data_ptr<scalar_t>() + p * OH * OW;
@@ -378,9 +387,10 @@ at::Tensor max_pool2d_backward_from_output_cpu(const at::Tensor& grad_in, const 
               for (int64_t ih = h0; ih < h1; ++ih)
                 for (int64_t iw = w0; iw < w1; ++iw) arg = at::_isnan(in[ih * W + iw]) ? ih * W + iw : arg;
             }
-            gi[arg] += g[oh * OW + ow];
+            acc[arg] += static_cast<acc_t>(g[oh * OW + ow]);
           }
         }
+        for (int64_t i = 0; i < H * W; ++i) gi[i] = static_cast<scalar_t>(acc[i]);
       }
     });
   });
@@ -392,7 +402,7 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_stats_cpu(const at::Tensor& x_in) 
   const auto x = x_in.contiguous();
   const auto s = layout_of(x);
   auto [mean, var] = channel_stats_cpu(x, s);
-  return {mean.to(x.scalar_type()), var.to(x.scalar_type())};
+  return {mean.to(statistics_dtype(x)), var.to(statistics_dtype(x))};
 }
 
 // Backward of act = ReLU((x - mean) rstd) through the BatchNorm: gm = grad_act where act > 0; with batch statistics

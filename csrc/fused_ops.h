@@ -27,11 +27,18 @@ struct MixedSumShape {
 // (N, C, inner) of x: channels are dim 1.
 MixedSumShape layout_of(const at::Tensor& x);
 
-// Checks the arguments and returns the layout; every x_k must have x_0's shape, dtype and device.
+// Checks the arguments and returns the layout; every x_k must have x_0's shape, dtype and device, w (any floating
+// dtype, possibly wider than the inputs') their device.
 MixedSumShape check_mixed_sum_args(const std::vector<at::Tensor>& x, const at::Tensor& w,
                                    const std::vector<bool>& normalize);
 
 std::vector<at::Tensor> contiguous_all(at::TensorList xs);
+
+// The dtype BatchNorm statistics of x are returned in: float32 for half-precision x (as PyTorch's BN keeps its
+// running statistics under autocast), x's own dtype otherwise.
+inline at::ScalarType statistics_dtype(const at::Tensor& x) {
+  return at::promote_types(x.scalar_type(), at::kFloat);
+}
 
 // The schema's bool[] as a plain vector.
 std::vector<bool> flags(const c10::List<bool>& list);

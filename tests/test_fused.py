@@ -109,17 +109,108 @@ def test_opcheck(backend, device, shape, flags, training):
                           (torch.randn(shape, device=device), xs, w, normalize, mean, var, training, 1e-5))
 
 
-@pytest.mark.parametrize("backend, device", backends("mixed_sum_into", with_torch=False))
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_low_precision_no_worse_than_torch(backend, device, dtype):
-    normalize = FLAGS["mixed"]
-    shape = (2, 9, 7, 5) if registry.interpreted(backend, torch.device(device)) else (4, 33, 17, 5)
-    xs, w, (rm, rv) = _inputs(shape, 3, torch.float32, device)
-    exact = fused.reference_mixed_sum([x.detach() for x in xs], w.detach(), normalize, rm, rv)[0]
-    low = [x.detach().to(dtype) for x in xs]
-    ours = fused.mixed_sum(low, w.detach().to(dtype), normalize, backend=backend)[0].float()
-    theirs = fused.reference_mixed_sum(low, w.detach().to(dtype), normalize)[0].float()
-    assert (ours - exact).abs().max() <= 2 * (theirs - exact).abs().max()
+# Under autocast the fused ops read half-precision activations with float32 weights and statistics. Per op: the
+# positions of its BN statistics (float32 always) and of the mixed sums' weights w (float32, or the inputs' dtype).
+STATISTICS = {"mixed_sum_into": (3, 4), "mixed_sum_backward": (4, 5), "batch_norm_relu_backward": (2, 3),
+              "conv_chain_backward": (5, 6)}
+WEIGHTS = {"mixed_sum_into": 1, "mixed_sum_backward": 2}
+HALF = [torch.bfloat16, torch.float16]
+
+
+def _cast(a, dtype):
+    if isinstance(a, torch.Tensor):
+        return a.to(dtype)
+    return [_cast(t, dtype) for t in a] if isinstance(a, list) and any(isinstance(t, torch.Tensor) for t in a) else a
+
+
+def _half_precision_args(op, args, dtype, w_dtype):
+    return tuple(_cast(a, torch.float32 if i in STATISTICS.get(op, ()) else w_dtype if i == WEIGHTS.get(op) else dtype)
+                 for i, a in enumerate(args))
+
+
+def _expected_dtypes(op, outputs, dtype, w_dtype):
+    """What the op hands back in: the inputs' dtype, but the sums' statistics and dL/dw in w's and BN statistics in
+    float32 (as PyTorch's BN keeps them under autocast)."""
+    expected = [dtype] * len(outputs)
+    if op == "mixed_sum_into":
+        expected[0] = expected[1] = w_dtype  # mean, var; then what it wrote into out
+    elif op == "mixed_sum_backward":
+        expected[-1] = w_dtype
+    elif op == "batch_norm_stats":
+        expected = [torch.float32] * len(outputs)
+    return expected
+
+
+def _half_precision_cases():
+    return [pytest.param(op, *p.values, dtype, w_dtype, id=f"{op}-{p.id}-{dtype}-w{w_dtype}".replace("torch.", ""))
+            for op in registry.OPS for p in backends(op) for dtype in HALF
+            for w_dtype in ((dtype, torch.float32) if op in WEIGHTS else (dtype,))
+            ]
+
+
+@pytest.mark.parametrize("op, backend, device, dtype, w_dtype", _half_precision_cases())
+def test_half_precision_inputs_accumulate_in_float32(op, backend, device, dtype, w_dtype):
+    """Every op of every backend on bf16 and fp16 inputs (the self-check's cases, rounded): the dtypes it hands
+    back, and each output within 2 eps(dtype) of its largest entry from the float64 result on the same rounded
+    inputs (the output's own rounding is eps/2; accumulating in half precision would cost more)."""
+    from stacnas.fused import torch_backend, verify
+
+    for args in verify._inputs(op, torch.device(device)):
+        low = _half_precision_args(op, args, dtype, w_dtype)
+        got = verify._run(lambda *a: getattr(fused, op)(*a, backend=backend), op, low)
+        truth = verify._run(getattr(torch_backend, op), op, tuple(_cast(a, torch.float64) for a in low))
+        assert [t.dtype for t in got] == _expected_dtypes(op, got, dtype, w_dtype)
+        for i, (a, b) in enumerate(zip(got, truth)):
+            error = (a.double() - b).abs().max().item()
+            assert error <= 2 * torch.finfo(dtype).eps * b.abs().max().item(), f"output {i}: {error}"
+
+
+def _long_sum_case(op, dtype, device):
+    """A case of `op` whose sums run over 8192 positive terms per channel: summed in bf16 or fp16 they stall (bf16
+    stops growing at 256 when adding ones), in float32 they are within its rounding."""
+    gen = torch.Generator().manual_seed(3)
+
+    def positive(*shape):
+        return (1 + torch.rand(*shape, generator=gen)).to(device, dtype)
+
+    x = positive(2, 3, 64, 64)
+    stats = (x.float().mean((0, 2, 3)), x.float().var((0, 2, 3), unbiased=False))
+    if op == "mixed_sum_into":
+        return [x, x * 0.5], torch.tensor([0.3, 0.7], device=device), [True, False], None, None, True, 1e-5, \
+            torch.empty_like(x)
+    if op == "mixed_sum_backward":
+        return positive(*x.shape), [x, x * 0.5], torch.tensor([0.3, 0.7], device=device), [True, False], \
+            torch.stack([stats[0], torch.zeros(3, device=device)]), torch.stack([stats[1], torch.ones(3, device=device)]), \
+            True, 1e-5
+    if op == "batch_norm_stats":
+        return (x,)
+    if op == "batch_norm_relu_backward":
+        return positive(*x.shape), x, *stats, True, 1e-5
+    if op == "max_pool2d_backward_from_output":  # no long sums: each input gathers at most 9 windows
+        return None
+    if op == "depthwise_conv2d_weight_grad":
+        return positive(*x.shape), x, [3, 3], [1, 1], [1, 1], [1, 1]
+    if op == "conv_chain_backward":
+        return positive(2, 5, 64, 64), [x], [positive(5, 3, 1, 1)], [1, 1, 0, 0, 1, 1, 1], [False], [None], [None], \
+            [False], [0.0], True, [True], [True]
+    raise KeyError(op)
+
+
+def _long_sum_cases():
+    return [pytest.param(op, *p.values, dtype, id=f"{op}-{p.id}-{dtype}".replace("torch.", ""))
+            for op in registry.OPS if op != "max_pool2d_backward_from_output" for p in backends(op) for dtype in HALF]
+
+
+@pytest.mark.parametrize("op, backend, device, dtype", _long_sum_cases())
+def test_long_sums_accumulate_in_float32(op, backend, device, dtype):
+    from stacnas.fused import torch_backend, verify
+
+    args = _long_sum_case(op, dtype, torch.device(device))
+    got = verify._run(lambda *a: getattr(fused, op)(*a, backend=backend), op, args)
+    truth = verify._run(getattr(torch_backend, op), op, tuple(_cast(a, torch.float64) for a in args))
+    for i, (a, b) in enumerate(zip(got, truth)):
+        error = (a.double() - b).abs().max().item()
+        assert error <= 2 * torch.finfo(dtype).eps * b.abs().max().item(), f"output {i}: {error}"
 
 
 @pytest.mark.parametrize("backend, device", backends("mixed_sum_into"))

@@ -280,7 +280,7 @@ std::tuple<at::Tensor, at::Tensor> batch_norm_stats_cuda(const at::Tensor& x_in)
   const auto sums = channel_sums(x, {x}, s);
   const double count = static_cast<double>(std::max<int64_t>(s.per_channel(), 1));
   const auto mean = sums[0] / count;
-  return {mean.to(x.scalar_type()), (sums[1] / count - mean * mean).clamp_min(0.0).to(x.scalar_type())};
+  return {mean.to(statistics_dtype(x)), (sums[1] / count - mean * mean).clamp_min(0.0).to(statistics_dtype(x))};
 }
 
 // Per channel: sum gm and sum gm * xhat, gm = grad where xhat = (x - mean) rstd > 0. partial: (2, C, slices).

@@ -49,7 +49,9 @@ def mixed_sum(x, w, normalize, running_mean, running_var, training, out=None) ->
         _require(t.shape == x[0].shape, op, lambda: f"all inputs must have the same shape, got {tuple(t.shape)} and "
                                             f"{tuple(x[0].shape)}")
         _same_kind(t, x[0], op, "every input")
-    _same_kind(w, x[0], op, "w")
+    # w may be wider than the inputs (float32 weights of bf16 inputs under autocast): every backend reads it widened
+    _require(isinstance(w, torch.Tensor) and w.is_floating_point() and w.device == x[0].device, op,
+             lambda: f"w must be floating point, on the inputs' device ({x[0].device}), got {w.dtype} on {w.device}")
     if not training and any(normalize):
         _require(running_mean is not None and running_var is not None, op,
                  "eval mode with normalized inputs needs running_mean and running_var")

@@ -175,7 +175,9 @@ def verification(backend: str, device: torch.device) -> dict[str, dict]:
         from . import verify
 
         ops = [op for op, backends in OPS.items() if backend in backends]
-        _VERIFIED[key] = {r["op"]: r for r in verify.verify_backend(backend, _module(backend), ops, device)}
+        # the first use may come inside an autocast region: the self-check compares in its own dtypes, not autocast's
+        with torch.autocast(device.type, enabled=False):
+            _VERIFIED[key] = {r["op"]: r for r in verify.verify_backend(backend, _module(backend), ops, device)}
         for r in _VERIFIED[key].values():
             if not r["ok"]:
                 warn(f"kernel backend {backend!r} on {device}: {r['op']} " + (

@@ -11,9 +11,11 @@
 The result equals the reference MixedOps' to rounding (the fused sum, BN statistics and the routes associate their
 sums differently; tests compare against float64).
 
-Under torch.autocast the convolutions run in the autocast dtype, as the reference's do, and hand their results back
-in the weights' dtype: the sums, folded BNs, pools and states stay in float32 (the reference's sum(w * op(x))
-promotes to float32 too), so the fused kernels always see one dtype and accumulate in float32.
+Every tensor kept for backward has the dtype the reference keeps it in. Under torch.autocast the convolutions run
+in the autocast dtype and their outputs (the folded BNs' inputs) stay in it, as the reference's do; so do pools and
+node states: the reference's w_k * op_k(x) does not promote, a 0-dim weight not being wider than a tensor's dtype.
+Every fused kernel reads these low-precision tensors and accumulates in float32 (sums, BN statistics, <g, z>); the
+weights and BN statistics stay float32.
 """
 from __future__ import annotations
 
@@ -74,11 +76,11 @@ def lean_preprocess(op: nn.Module, s: torch.Tensor, backend=None) -> torch.Tenso
     return x if bn is None else bn(x)
 
 
-def common_dtype(xs, w) -> torch.dtype:
-    """The dtype a node sums in: PyTorch's promotion of its terms and weights, as the reference's sum(w * op(x))
-    promotes (under autocast, an op left in bfloat16 with float32 weights sums in float32)."""
-    dtype = w.dtype
-    for x in xs:
+def common_dtype(xs) -> torch.dtype:
+    """The dtype a node's sum is in: PyTorch's promotion of its terms' dtypes, as the reference's sum(w_k * op_k(x))
+    promotes (its weights w_k are 0-dim: they do not widen the terms)."""
+    dtype = xs[0].dtype
+    for x in xs[1:]:
         dtype = torch.promote_types(dtype, x.dtype)
     return dtype
 
@@ -130,8 +132,8 @@ def lean_node(edges, states, weights, backend=None, out: CellOutput | None = Non
         running_mean = torch.stack([bn.running_mean if bn is not None else xs[0].new_zeros(C) for bn in bns])
         running_var = torch.stack([bn.running_var if bn is not None else xs[0].new_ones(C) for bn in bns])
     w = weights[[j for j, _, _ in found], [k for _, k, _ in found]]
-    dtype = common_dtype(xs, w)
-    xs, w = [x.to(dtype) for x in xs], w.to(dtype)
+    dtype = common_dtype(xs)
+    xs = [x.to(dtype) for x in xs]  # w keeps its dtype: the kernels read it widened
     y, mean, var = fused.mixed_sum(xs, w, normalize, running_mean, running_var, training, eps, backend=backend,
                                    out=None if out is None else out.slot(xs[0]))
     if training:

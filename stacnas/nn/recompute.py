@@ -14,7 +14,7 @@ from .. import fused
 from . import recognize
 from .batchnorm import batch_stats, frozen_running_stats
 from .cell_output import CellOutput
-from .lean import own_forward, common_dtype, lean_node, lean_term, shared_relu, terms
+from .lean import own_forward, lean_node, lean_term, shared_relu, terms
 from .routes import normalized
 
 
@@ -53,7 +53,7 @@ class RecomputeNode(torch.autograd.Function):
         # the terms draw in this order in forward and again in backward, from the same states
         rng = _rng_states(states[0].device) if any(recognize.draws_random_numbers(op) for _, op, _ in node_terms) \
             else None
-        y, stats = None, {}
+        acc, stats = None, {}
         for t, (s, op, _) in enumerate(node_terms):
             x, bn = lean_term(op, states[s], relu_of(s), backend, call)
             o = x
@@ -62,11 +62,17 @@ class RecomputeNode(torch.autograd.Function):
                 o = normalized(x, mean, var, bn.eps)
                 if training:
                     stats[t] = (mean, var)  # backward recomputes x exactly: its batch statistics are these
-            o = o.to(common_dtype([o], w))
-            if y is None:
-                y = torch.mul(o, w[t], out=out.slot(o) if out is not None else torch.empty_like(o))
+            if acc is None:  # every term has the node's dtype (the reference's: w_t is 0-dim); the sum is float32+
+                dtype, wide = o.dtype, torch.promote_types(o.dtype, torch.float32)
+                direct = out is not None and wide == dtype
+                acc = torch.mul(o.to(wide), w[t], out=out.slot(o) if direct else None)
             else:
-                y.addcmul_(o, w[t])
+                acc.addcmul_(o, w[t])
+        y = acc
+        if y.dtype != dtype:  # a half-precision node: back to its dtype, into its slot
+            y = acc.to(dtype)
+            if out is not None:
+                y = out.slot(y).copy_(y)
         ctx.node_terms, ctx.rng, ctx.stats, ctx.backend, ctx.call = node_terms, rng, stats, backend, call
         ctx.autocast = _autocast_state(states[0].device)
         ctx.save_for_backward(w, *states)
@@ -85,8 +91,7 @@ class RecomputeNode(torch.autograd.Function):
             for t, (s, op, params) in enumerate(ctx.node_terms):
                 with frozen_running_stats(op), torch.enable_grad(), ctx.autocast():
                     x, bn = lean_term(op, leaves[s], relu_of(s), ctx.backend, ctx.call)
-                    x = x.to(common_dtype([x], w))
-                grad_x, grad_w[t] = _term_backward(grad, x.detach(), bn, ctx.stats.get(t), w[t:t + 1].to(x.dtype),
+                grad_x, grad_w[t] = _term_backward(grad.to(x.dtype), x.detach(), bn, ctx.stats.get(t), w[t:t + 1],
                                                     ctx.backend)
                 wanted = ([leaves[s]] if leaves[s].requires_grad else []) + [p for p in params if p.requires_grad]
                 found = iter(torch.autograd.grad(x, wanted, grad_x, allow_unused=True) if x.requires_grad and wanted
@@ -103,8 +108,8 @@ def _term_backward(grad, x, bn, batch, w_t, backend):
     """(dL/dx, dL/dw_t) for the term w_t · x, or w_t · bn(x) with the BN folded: one fused backward pass from x and
     the BN's statistics (batch: x's batch statistics, as forward found them; None in eval), the BN's output never
     formed."""
-    if bn is None:
-        return grad * w_t, (grad * x).sum()
+    if bn is None:  # products in x's dtype, as the reference's; the sum in w_t's (float32 or wider)
+        return (grad * w_t).to(x.dtype), (grad * x).sum(dtype=w_t.dtype)
     if batch is not None:
         (mean, var), training = batch, True
     else:

@@ -10,6 +10,10 @@ where sums are associated differently, as each function says) and keep less for 
   - avg_pool3x3: a 3×3 average pool (count_include_pad=False) as two 3-wide sums;
   - dropout: nn.Dropout keeping its mask as bool on CPUs (PyTorch keeps the float noise there).
 `backend` is the kernel backend of the fused ops they call (stacnas.fused).
+
+Under torch.autocast the convolutions and matrix products run in the autocast dtype (compute_dtype) and their
+results, kept for backward, stay in it, as the reference's do; BN statistics and weight gradients are float32, sums
+over windows accumulate in float32.
 """
 from __future__ import annotations
 
@@ -20,11 +24,23 @@ from torch.autograd.function import once_differentiable
 
 from .. import fused
 from ..fused.registry import implementation
+from ..fused.torch_backend import wide
 from .batchnorm import normalize
 
 
 def pair(v) -> list:
     return list(v) if isinstance(v, (tuple, list)) else [v, v]
+
+
+def compute_dtype(x: torch.Tensor, weight: torch.Tensor) -> torch.dtype:
+    """The dtype a convolution of x with weight runs in: autocast's when it is on for x's device, else the weight's."""
+    if torch.is_autocast_enabled(x.device.type):
+        return torch.get_autocast_dtype(x.device.type)
+    return weight.dtype
+
+
+def _as(t, dtype):
+    return None if t is None else t.to(dtype)
 
 
 def normalized(x, mean, var, eps):
@@ -45,20 +61,23 @@ class ConvChain(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, act, steps, backend, *params):
-        z = x.to(steps[0][0].weight.dtype)  # under autocast a bfloat16 input (the stem's output): kept as used
+        dtype = compute_dtype(x, steps[0][0].weight)
+        ctx.input_dtype = x.dtype
+        z = x.to(dtype)  # kept as the convs use it
         inputs, moments, ctx.training, ctx.eps = [], [], [], []
         for i, (conv, bn, relu) in enumerate(steps):
             training = False
             if bn is not None:
                 normalized_z, mean, var, training = normalize(bn, z)
                 moments += [mean, var]
-                a = torch.relu(normalized_z)
+                a = torch.relu(normalized_z).to(dtype)
             else:
-                a = (act if i == 0 and act is not None else F.relu(z)) if relu else z
+                a = (act.to(dtype) if i == 0 and act is not None else F.relu(z)) if relu else z
             inputs.append(z)
             ctx.training.append(training)
             ctx.eps.append(bn.eps if bn is not None else 0.0)
-            z = conv_forward(a, conv.weight, conv.bias, conv.stride, conv.padding, conv.dilation, conv.groups)
+            z = conv_forward(a, conv.weight.to(dtype), _as(conv.bias, dtype), conv.stride, conv.padding,
+                             conv.dilation, conv.groups)
         ctx.save_for_backward(*inputs, *moments)
         ctx.steps, ctx.backend = steps, backend
         return z
@@ -75,13 +94,14 @@ class ConvChain(torch.autograd.Function):
         # construction, so the dispatcher's Python checks (~20 µs a chain) would find nothing (the compiled op still
         # checks them in C++)
         backward = implementation("conv_chain_backward", ctx.backend, grad.device)
+        dtype = saved[0].dtype  # the forward's compute dtype: the kernel takes one dtype throughout
         grad_x, grad_weights, grad_biases = backward(
-            grad, saved[:len(steps)], [conv.weight for conv, _, _ in steps], geometry(steps),
+            grad.to(dtype), saved[:len(steps)], [conv.weight.to(dtype) for conv, _, _ in steps], geometry(steps),
             [relu for _, _, relu in steps], [m for m, _ in stats], [v for _, v in stats], ctx.training, ctx.eps,
             ctx.needs_input_grad[0], [w for w, _ in wanted], [b for _, b in wanted])
-        grads = [g for (conv, _, _), gw, gb in zip(steps, grad_weights, grad_biases)
+        grads = [_as(g, conv.weight.dtype) for (conv, _, _), gw, gb in zip(steps, grad_weights, grad_biases)
                  for g in ((gw, gb) if conv.bias is not None else (gw,))]
-        return (grad_x, None, None, None, *grads)
+        return (_as(grad_x, ctx.input_dtype), None, None, None, *grads)
 
 
 def geometry(steps) -> list:
@@ -106,8 +126,7 @@ def _pointwise(x, weight, stride, padding, groups) -> bool:
 
 def conv_forward(x, weight, bias, stride, padding, dilation, groups):
     """F.conv2d(x, weight, bias, stride, padding, dilation, groups); pointwise convs as matrix products on CPUs
-    (equal to rounding). Under autocast the product runs in its dtype and the result is handed back in the weight's
-    (the lean supernet keeps its states in float32; stacnas.nn.lean)."""
+    (equal to rounding). Under autocast the product runs in its dtype, and so does the result, as F.conv2d's."""
     if _pointwise(x, weight, stride, padding, groups):
         n, c_out = x.shape[0], weight.shape[0]
         # bmm with the weight expanded (a view): torch.matmul would copy x to fold the batch into one product
@@ -117,10 +136,8 @@ def conv_forward(x, weight, bias, stride, padding, dilation, groups):
             y = torch.bmm(matrix, y)
         else:
             y = torch.baddbmm(bias.to(y.dtype).view(1, c_out, 1), matrix, y)
-        y = y.view(n, c_out, *x.shape[2:])
-    else:
-        y = F.conv2d(x, weight, bias, stride, padding, dilation, groups)
-    return y.to(weight.dtype)
+        return y.view(n, c_out, *x.shape[2:])
+    return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
 
 # ---- FactorizedReduce --------------------------------------------------------------------------------------------
@@ -145,20 +162,21 @@ class FactorizedReduceConvs(torch.autograd.Function):
     its BN, in one autograd node: each conv a matrix product over the pixels it reads, written into its half of
     the output (PyTorch's CPU conv costs ~0.1 ms a call, and the concat a copy). Keeps h (a node state, kept
     anyway), not ReLU(h) or the pixels read; `act` may hand in ReLU(h) already computed. Equal to the convs to
-    rounding (sums associated differently); under autocast the products run in its dtype and the result is handed
-    back in the weights' (as conv_forward)."""
+    rounding (sums associated differently); under autocast the products and their result are in its dtype (as the
+    convs')."""
 
     @staticmethod
     def forward(ctx, h, act, weight_a, bias_a, weight_b, bias_b):
         n, c, rows, cols = h.shape
-        x = _halves(act if act is not None else F.relu(h), weight_a.dtype)
+        ctx.dtype = dtype = compute_dtype(h, weight_a)
+        x = _halves(act if act is not None else F.relu(h), dtype)
         c_half = weight_a.shape[0]
-        y = h.new_empty(n, 2 * c_half, x.shape[2], dtype=weight_a.dtype)
+        y = h.new_empty(n, 2 * c_half, x.shape[2], dtype=dtype)
         for half, weight, bias in ((0, weight_a, bias_a), (1, weight_b, bias_b)):
-            pixels = x[:, half * c:(half + 1) * c]
+            pixels, matrix = x[:, half * c:(half + 1) * c], _batched(weight.to(dtype), n)
             y[:, half * c_half:(half + 1) * c_half] = (
-                torch.bmm(_batched(weight, n), pixels) if bias is None else
-                torch.baddbmm(bias.to(pixels.dtype).view(1, -1, 1), _batched(weight, n), pixels))
+                torch.bmm(matrix, pixels) if bias is None else
+                torch.baddbmm(bias.to(dtype).view(1, -1, 1), matrix, pixels))
         ctx.save_for_backward(h, weight_a, weight_b)
         ctx.biased = (bias_a is not None, bias_b is not None)
         return y.view(n, 2 * c_half, (rows + 1) // 2, (cols + 1) // 2)
@@ -168,8 +186,8 @@ class FactorizedReduceConvs(torch.autograd.Function):
     def backward(ctx, grad):
         h, weight_a, weight_b = ctx.saved_tensors
         n, c, rows, cols = h.shape
-        x = _halves(F.relu(h), grad.dtype)
-        grad = grad.reshape(n, grad.shape[1], -1)
+        x = _halves(F.relu(h), ctx.dtype)
+        grad = grad.to(ctx.dtype).reshape(n, grad.shape[1], -1)
         c_half = weight_a.shape[0]
         grads, grad_x = [], torch.empty_like(x)
         for half, weight in ((0, weight_a), (1, weight_b)):
@@ -177,7 +195,7 @@ class FactorizedReduceConvs(torch.autograd.Function):
             grads.append(torch.bmm(g, pixels.transpose(1, 2)).sum(0).view_as(weight).to(weight.dtype))
             grads.append(g.sum((0, 2)).to(weight.dtype) if ctx.biased[half] else None)
             if ctx.needs_input_grad[0]:
-                grad_x[:, half * c:(half + 1) * c] = torch.bmm(_batched(weight.to(g.dtype), n).transpose(1, 2), g)
+                grad_x[:, half * c:(half + 1) * c] = torch.bmm(_batched(weight.to(ctx.dtype), n).transpose(1, 2), g)
         grad_h = None
         if ctx.needs_input_grad[0]:
             grad_x = grad_x.view(n, 2 * c, (rows + 1) // 2, (cols + 1) // 2)
@@ -216,11 +234,12 @@ def max_pool3x3(x: torch.Tensor, stride: int) -> torch.Tensor:
 
 def avg_pool3x3(x: torch.Tensor, stride: int) -> torch.Tensor:
     """F.avg_pool2d(x, 3, stride, 1, count_include_pad=False) as two 3-wide sums divided by each window's count
-    of real pixels (differentiable; the sums are associated differently from PyTorch's, so equal to rounding)."""
+    of real pixels (differentiable; the sums are associated differently from PyTorch's, so equal to rounding). Half
+    precision sums in float32, as PyTorch's pool accumulates."""
     h, w = x.shape[-2:]
-    ones = x.new_ones(1, 1, h, w)
-    count = _window3(ones, torch.add, 0.0)
-    return _strided(_window3(x, torch.add, 0.0) / count, stride)
+    summed = wide(x)
+    count = _window3(summed.new_ones(1, 1, h, w), torch.add, 0.0)
+    return _strided(_window3(summed, torch.add, 0.0) / count, stride).to(x.dtype)
 
 
 class MaxPoolNoIndices(torch.autograd.Function):
