@@ -1,6 +1,6 @@
-"""Mixed precision: under bfloat16 autocast the lean and recompute supernets are no less accurate than the
-reference under the same autocast (each measured against float64), the search runs with `--amp bf16`, and the
-float16 gradient scaler scales, unscales and skips overflowing steps in every step function."""
+"""Mixed precision: under bfloat16 autocast (and float16 on CUDA) the lean and recompute supernets are no less
+accurate than the reference under the same autocast (each measured against float64), the search runs with
+`--amp bf16`, and the float16 gradient scaler scales, unscales and skips overflowing steps in every step function."""
 import copy
 import json
 
@@ -17,10 +17,10 @@ from stacnas.spaces import BUILTIN_SPACES
 BACKENDS = fused.available_backends("cpu")
 
 
-def _grads(model, x, y, amp: bool):
-    """[logits, every parameter's gradient] of one forward+backward, in float64 for comparing."""
+def _grads(model, x, y, amp: torch.dtype | None):
+    """[logits, every parameter's gradient] of one forward+backward (under autocast to amp), in float64."""
     torch.manual_seed(1)  # `noise` draws from the global RNG
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+    with torch.autocast(x.device.type, dtype=amp or torch.bfloat16, enabled=amp is not None):
         logits = model(x)
     F.cross_entropy(logits.to(torch.promote_types(logits.dtype, torch.float32)), y).backward()
     return [logits.detach().double()] + [None if p.grad is None else p.grad.double() for p in model.parameters()]
@@ -35,25 +35,32 @@ def _errors(results, truth):
 # every space and mode on the CPU backends; the interpreted Triton kernels in lean on the DARTS space (recompute calls
 # the same kernel, once per term), on a smaller network: 3 cells, 8×8 (the interpreter runs each kernel program in
 # Python: at 5 cells, 16×16 it took two and a half minutes; at C=4 single tensors scatter past the 3× bound)
-CASES = [(space, mode, backend) for backend in BACKENDS for mode in ("lean", "recompute")
-         for space in ("darts", "s1", "s2", "s3", "s4") if backend != "triton" or (space, mode) == ("darts", "lean")]
+SPACES = ("darts", "s1", "s2", "s3", "s4")
+CASES = [pytest.param(space, mode, backend, "cpu", torch.bfloat16, id=f"{space}-{mode}-{backend}-cpu-bf16")
+         for backend in BACKENDS for mode in ("lean", "recompute")
+         for space in SPACES if backend != "triton" or (space, mode) == ("darts", "lean")]
+# on a GPU (benchmarks/gpu_check.sh): the CUDA kernels in both precisions autocast offers there
+CASES += [pytest.param(space, mode, "cuda", "cuda", dtype, id=f"{space}-{mode}-cuda-cuda-{name}")
+          for dtype, name in ((torch.bfloat16, "bf16"), (torch.float16, "fp16")) for mode in ("lean", "recompute")
+          for space in SPACES if "cuda" in (fused.available_backends("cuda") if torch.cuda.is_available() else [])]
 
 
-@pytest.mark.parametrize("space, mode, backend", CASES)
-def test_bf16_autocast_no_worse_than_reference(space, mode, backend):
-    """bfloat16 keeps 8 bits: two computations rounded differently land at errors of one size, but which is smaller
-    varies tensor by tensor. So: typically no worse (median ratio ≤ 1.2) and never far worse (every tensor ≤ 3×)."""
+@pytest.mark.parametrize("space, mode, backend, device, dtype", CASES)
+def test_half_precision_autocast_no_worse_than_reference(space, mode, backend, device, dtype):
+    """bfloat16 keeps 8 bits (float16 11): two computations rounded differently land at errors of one size, but which
+    is smaller varies tensor by tensor. So: typically no worse (median ratio ≤ 1.2) and never far worse (every tensor
+    ≤ 3×)."""
     torch.manual_seed(0)
     layers, size = (3, 8) if backend == "triton" else (5, 16)
-    base = Supernet(BUILTIN_SPACES[space], C=8, layers=layers, num_classes=6, mode="reference")
+    base = Supernet(BUILTIN_SPACES[space], C=8, layers=layers, num_classes=6, mode="reference").to(device)
     with torch.no_grad():
         for alpha in base.alphas():
             alpha.normal_()
-    x, y = torch.randn(8, 3, size, size), torch.randint(0, 6, (8,))
-    truth = _grads(copy.deepcopy(base).double(), x.double(), y, amp=False)
-    reference = _errors(_grads(copy.deepcopy(base), x, y, amp=True), truth)
-    ours = _errors(_grads(copy.deepcopy(base).set_mode(mode, backend), x, y, amp=True), truth)
-    assert reference[0] > 1e-3  # bfloat16 was used: float32 alone would be ~1e-7
+    x, y = torch.randn(8, 3, size, size).to(device), torch.randint(0, 6, (8,)).to(device)
+    truth = _grads(copy.deepcopy(base).double(), x.double(), y, amp=None)
+    reference = _errors(_grads(copy.deepcopy(base), x, y, amp=dtype), truth)
+    ours = _errors(_grads(copy.deepcopy(base).set_mode(mode, backend), x, y, amp=dtype), truth)
+    assert reference[0] > 1e-4  # half precision was used: float32 alone would be ~1e-7
     names = ["logits"] + [name for name, _ in base.named_parameters()]
     ratios = sorted((e / r, name) for name, e, r in zip(names, ours, reference) if e is not None)
     assert ratios[len(ratios) // 2][0] <= 1.2, ratios[len(ratios) // 2]
