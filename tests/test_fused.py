@@ -165,6 +165,17 @@ def test_half_precision_inputs_accumulate_in_float32(op, backend, device, dtype,
             assert error <= 2 * torch.finfo(dtype).eps * b.abs().max().item(), f"output {i}: {error}"
 
 
+@pytest.mark.parametrize("op, backend, device", [pytest.param(op, *p.values, id=f"{op}-{p.id}") for op in registry.OPS
+                                                 for p in backends(op, with_torch=False)])
+def test_half_precision_opcheck(op, backend, device):
+    """The registered ops on bf16 inputs with float32 weights and statistics: schema, fake tensors (their dtypes
+    included) and autograd registration agree with the kernels."""
+    from stacnas.fused import verify
+
+    for args in verify._inputs(op, torch.device(device)):
+        torch.library.opcheck(custom_op(backend, op), _half_precision_args(op, args, torch.bfloat16, torch.float32))
+
+
 def _long_sum_case(op, dtype, device):
     """A case of `op` whose sums run over 8192 positive terms per channel: summed in bf16 or fp16 they stall (bf16
     stops growing at 256 when adding ones), in float32 they are within its rounding."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from .torch_backend import channels
+from .torch_backend import channels, statistics_dtype
 
 
 def _load() -> str | None:
@@ -44,7 +44,8 @@ if LOAD_ERROR is None:
 
     @torch.library.register_fake("stacnas::batch_norm_stats")
     def _(x):
-        return x.new_empty(channels(x)), x.new_empty(channels(x))
+        return (x.new_empty(channels(x), dtype=statistics_dtype(x)),
+                x.new_empty(channels(x), dtype=statistics_dtype(x)))
 
     @torch.library.register_fake("stacnas::batch_norm_relu_backward")
     def _(grad, x, mean, var, training, eps):
