@@ -39,15 +39,16 @@ def _saved(space, mode, amp=False):
 
 @pytest.mark.parametrize("amp", [False, True], ids=["float32", "bf16"])
 def test_darts_targets(amp):
-    """Half the reference's bytes or less in float32 and under bf16 alike (the benchmark's size reaches 0.43–0.47;
-    this small one, where the stem and classifier weigh more, 0.55)."""
+    """Half the reference's bytes or less in float32 and under bf16 alike (0.44 and 0.42 here, 2026-12-03; lean kept
+    its states in float32 under bf16 before, 0.8)."""
     reference = _saved("darts", "reference", amp)
-    assert _saved("darts", "lean", amp) <= 0.55 * reference
+    assert _saved("darts", "lean", amp) <= 0.5 * reference
     assert _saved("darts", "recompute", amp) <= 0.10 * reference
 
 
 def test_dropin_targets_under_bf16():
-    """DARTS' own search network after use_fused_mixed_ops keeps about half its original's bytes under bf16."""
+    """DARTS' own search network after use_fused_mixed_ops keeps half its original's bytes or less under bf16 (0.42
+    and 0.035 here)."""
     torch.manual_seed(0)
     original = darts_network.build(C=4, layers=5)
     saved = {"original": _measure(original, True)}
@@ -56,7 +57,7 @@ def test_dropin_targets_under_bf16():
         stacnas.nn.use_fused_mixed_ops(model, mode)
         _measure(model, True)  # the first-use check runs here
         saved[mode] = _measure(model, True)
-    assert saved["lean"] <= 0.6 * saved["original"] and saved["recompute"] <= 0.15 * saved["original"], saved
+    assert saved["lean"] <= 0.5 * saved["original"] and saved["recompute"] <= 0.10 * saved["original"], saved
 
 
 @pytest.mark.parametrize("space", ["s1", "s2", "s3", "s4"])
