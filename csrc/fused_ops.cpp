@@ -12,6 +12,8 @@
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
+#include <type_traits>
 #include <vector>
 
 #include "fused_ops.h"
@@ -499,33 +501,44 @@ at::Tensor depthwise_conv2d_weight_grad_cpu(const at::Tensor& grad_in, const at:
     const scalar_t* xp = input.const_data_ptr<scalar_t>();
     const scalar_t* gp = grad.const_data_ptr<scalar_t>();
     scalar_t* wp = grad_weight.mutable_data_ptr<scalar_t>();
+    // every tap's sum over one (n, c) plane, x and g in acc_t, added to sums in double
+    const auto add_plane = [&](const acc_t* x, const acc_t* g, std::vector<double>& sums) {
+      for (int64_t i = 0; i < KH; ++i) {
+        const auto [oh0, oh1] = valid(H, OH, stride[0], padding[0], i * dilation[0]);
+        for (int64_t j = 0; j < KW; ++j) {
+          const auto [ow0, ow1] = valid(W, OW, stride[1], padding[1], j * dilation[1]);
+          const int64_t col = j * dilation[1] - padding[1];
+          acc_t sum = 0;
+          for (int64_t oh = oh0; oh < oh1; ++oh) {
+            const acc_t* grow = g + oh * OW;
+            const acc_t* xrow = x + (oh * stride[0] - padding[0] + i * dilation[0]) * W + col;
+            if (stride[1] == 1) {
+              _Pragma("omp simd reduction(+ : sum)")
+              for (int64_t ow = ow0; ow < ow1; ++ow) sum += grow[ow] * xrow[ow];
+            } else {
+              for (int64_t ow = ow0; ow < ow1; ++ow) sum += grow[ow] * xrow[ow * stride[1]];
+            }
+          }
+          sums[i * KW + j] += static_cast<double>(sum);
+        }
+      }
+    };
+    // half precision: each plane widened once (H·W conversions, not one per tap), so the tap loops vectorize
+    constexpr bool widen = !std::is_same_v<scalar_t, acc_t>;
     at::parallel_for(0, C, 1, [&](int64_t c0, int64_t c1) {
       std::vector<double> sums(KH * KW);
+      std::vector<acc_t> x_wide(widen ? H * W : 0), g_wide(widen ? OH * OW : 0);
       for (int64_t c = c0; c < c1; ++c) {
         std::fill(sums.begin(), sums.end(), 0.0);
         for (int64_t n = 0; n < N; ++n) {
           const scalar_t* x = xp + (n * C + c) * H * W;
           const scalar_t* g = gp + (n * C + c) * OH * OW;
-          for (int64_t i = 0; i < KH; ++i) {
-            const auto [oh0, oh1] = valid(H, OH, stride[0], padding[0], i * dilation[0]);
-            for (int64_t j = 0; j < KW; ++j) {
-              const auto [ow0, ow1] = valid(W, OW, stride[1], padding[1], j * dilation[1]);
-              const int64_t col = j * dilation[1] - padding[1];
-              acc_t sum = 0;
-              for (int64_t oh = oh0; oh < oh1; ++oh) {
-                const scalar_t* grow = g + oh * OW;
-                const scalar_t* xrow = x + (oh * stride[0] - padding[0] + i * dilation[0]) * W + col;
-                if (stride[1] == 1) {
-                  _Pragma("omp simd reduction(+ : sum)")
-                  for (int64_t ow = ow0; ow < ow1; ++ow)
-                    sum += static_cast<acc_t>(grow[ow]) * static_cast<acc_t>(xrow[ow]);
-                } else {
-                  for (int64_t ow = ow0; ow < ow1; ++ow)
-                    sum += static_cast<acc_t>(grow[ow]) * static_cast<acc_t>(xrow[ow * stride[1]]);
-                }
-              }
-              sums[i * KW + j] += static_cast<double>(sum);
-            }
+          if (!widen) {
+            add_plane(reinterpret_cast<const acc_t*>(x), reinterpret_cast<const acc_t*>(g), sums);  // same type
+          } else {
+            std::copy(x, x + H * W, x_wide.begin());
+            std::copy(g, g + OH * OW, g_wide.begin());
+            add_plane(x_wide.data(), g_wide.data(), sums);
           }
         }
         for (int64_t t = 0; t < KH * KW; ++t) wp[c * KH * KW + t] = static_cast<scalar_t>(sums[t]);
